@@ -1,0 +1,29 @@
+# The README's two commands: `make train` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+
+.PHONY: train test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) ray_jobs/train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pioneer ray_jobs tests bench
+	$(VENV)/bin/ruff format --check pioneer ray_jobs tests bench
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,130 @@
+"""The Python API: a trained model from a checkpoint, ready to encode, decode and edit.
+
+    from pioneer import Pioneer
+    model = Pioneer.from_checkpoint("runs/default")       # a run dir: its latest checkpoint
+    faces = model.generate(16, seed=0)                    # (16, 3, R, R) in [-1, 1]
+    z = model.encode(model.load_images(["a.jpg"]))        # (1, 512), unit norm
+    steps = model.interpolate(z0, z1, steps=8)            # (8, 3, R, R), spherical path
+
+The decoder is the EMA decoder, as the paper uses after training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pioneer import checkpoint
+from pioneer.config import Config
+from pioneer.images import read_images
+from pioneer.model import Decoder, Encoder
+from pioneer.sampling import interpolation_fractions, sample_latents, slerp
+
+
+class Pioneer:
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        config: Config,
+        phase: int,
+        alpha: float,
+        images_seen: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self.decoder = decoder.to(self.device).eval().requires_grad_(False)
+        self.config = config
+        self.phase = phase
+        self.alpha = alpha
+        self.images_seen = images_seen
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Pioneer:
+        """Load a checkpoint dir, or the latest checkpoint of a run dir."""
+        loaded = checkpoint.load(path, map_location=device)
+        encoder, decoder = Encoder(loaded.config.model), Decoder(loaded.config.model)
+        encoder.load_state_dict(loaded.state["encoder"])
+        decoder.load_state_dict(loaded.state["decoder_ema"])
+        progress = loaded.progress
+        return cls(
+            encoder,
+            decoder,
+            loaded.config,
+            phase=int(progress["phase"]),
+            alpha=float(progress["alpha"]),
+            images_seen=int(progress["images_seen"]),
+            device=device,
+        )
+
+    @property
+    def resolution(self) -> int:
+        return 4 * 2**self.phase
+
+    @property
+    def latent_size(self) -> int:
+        return self.config.model.latent_size
+
+    def load_images(self, paths: list[str | Path]) -> torch.Tensor:
+        """Image files -> (N, 3, R, R) in [-1, 1], cropped as the training data was."""
+        return read_images(paths, self.config.data.crop, self.resolution)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, latent) unit-norm codes."""
+        return self.encoder(self._prepare(x), self.phase, self.alpha)
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, latent) codes -> (N, 3, R, R) images in [-1, 1]; codes are put on the sphere."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_size:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"latents must be (N, {self.latent_size}), got {shape}")
+        if not torch.isfinite(z).all():
+            raise ValueError("latents contain NaN or infinite values")
+        z = F.normalize(z.float().to(self.device), dim=1)
+        return self.decoder(z, self.phase, self.alpha).float().clamp(-1, 1)
+
+    def generate(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n random faces from latents drawn uniformly on the sphere with `seed`."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        generator = torch.Generator().manual_seed(seed)
+        return self.decode(sample_latents(n, self.latent_size, generator))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """theta(phi(x)): (N, 3, H, W) in [-1, 1] -> (N, 3, R, R)."""
+        return self.decode(self.encode(x))
+
+    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decoded images along the great circle from z0 to z1, endpoints included."""
+        z0, z1 = z0.reshape(-1), z1.reshape(-1)
+        for name, z in (("z0", z0), ("z1", z1)):
+            if z.numel() != self.latent_size:
+                raise ValueError(f"{name} must hold {self.latent_size} values, got {z.numel()}")
+        return self.decode(slerp(z0, z1, interpolation_fractions(steps)))
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"images must be (N, 3, H, W) in [-1, 1], got {shape}")
+        if x.shape[2] != x.shape[3]:
+            raise ValueError(
+                f"images must be square, got {x.shape[2]}x{x.shape[3]}; "
+                "load files with load_images() to crop them as in training"
+            )
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        if x.min() < -1.01 or x.max() > 1.01:
+            raise ValueError(
+                f"images must be in [-1, 1], got values in [{x.min():.2f}, {x.max():.2f}]"
+            )
+        if x.shape[-1] != self.resolution:
+            x = F.interpolate(
+                x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True
+            )
+        return x.to(self.device)

@@ -1,0 +1,464 @@
+"""The Balanced PIONEER training loop, free of Ray.
+
+`train(config, session)` runs on every worker. The session says who this worker is, where
+to resume from, and what to do with reports and checkpoints: `LocalSession` here for a
+plain process, `pioneer.ray_train.RaySession` under Ray Train. When torch.distributed is
+initialised (Ray Train does it), each network is wrapped in DDP for its own update and
+called unwrapped while frozen, so no gradients are reduced for a network that is not
+being trained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pioneer import checkpoint
+from pioneer.config import Config
+from pioneer.data import Batches, FaceImages, downsample, seed_of, to_unit_range
+from pioneer.ema import copy_block, ema_beta, update_ema
+from pioneer.images import save_grid
+from pioneer.losses import decoder_loss, encoder_loss, kl_n01, latent_cosine, reconstruction_l1
+from pioneer.model import Decoder, Encoder, build_networks, power_iterate
+from pioneer.quality import psnr
+from pioneer.sampling import sample_latents
+from pioneer.schedule import Progress, progress_at, total_images
+
+
+class Session(Protocol):
+    rank: int  # this worker's global rank
+    world_size: int  # number of workers
+    local_world_size: int  # workers on this machine (they share its cores)
+    run_dir: Path  # where rank 0 writes grids and metrics.jsonl
+
+    def restore(self) -> Path | None:
+        """A checkpoint directory to resume from, if any."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Called by every rank the same number of times; rank 0 may pass a checkpoint."""
+
+
+@dataclass
+class LocalSession:
+    """One plain process: checkpoints go straight into the run dir."""
+
+    run_dir: Path
+    keep: int = 3
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def restore(self) -> Path | None:
+        found = checkpoint.list_checkpoints(self.run_dir)
+        return found[-1] if found else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.history.append(metrics)
+        if checkpoint_dir is not None:
+            target = self.run_dir / checkpoint_dir.name
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(checkpoint_dir, target)
+            checkpoint.prune(self.run_dir, self.keep)
+
+
+@dataclass
+class Networks:
+    """Everything that a checkpoint holds besides the config."""
+
+    encoder: Encoder
+    decoder: Decoder
+    decoder_ema: Decoder
+    optimizer_encoder: torch.optim.Adam
+    optimizer_decoder: torch.optim.Adam
+    images_seen: int = 0  # training images consumed so far, all workers together
+    ema_synced_phase: int = 0  # newest phase whose new block was copied into the EMA
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.state_dict(),
+            "decoder": self.decoder.state_dict(),
+            "decoder_ema": self.decoder_ema.state_dict(),
+            "optimizer_encoder": self.optimizer_encoder.state_dict(),
+            "optimizer_decoder": self.optimizer_decoder.state_dict(),
+            "images_seen": self.images_seen,
+            "ema_synced_phase": self.ema_synced_phase,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.decoder_ema.load_state_dict(state["decoder_ema"])
+        self.optimizer_encoder.load_state_dict(state["optimizer_encoder"])
+        self.optimizer_decoder.load_state_dict(state["optimizer_decoder"])
+        self.images_seen = int(state["images_seen"])
+        self.ema_synced_phase = int(state["ema_synced_phase"])
+
+
+def build(config: Config, device: torch.device) -> Networks:
+    torch.manual_seed(seed_of(config.train.seed, "init"))  # identical weights on every rank
+    encoder, decoder = build_networks(config.model)
+    decoder_ema = Decoder(config.model)
+    decoder_ema.load_state_dict(decoder.state_dict())
+    decoder_ema.requires_grad_(False).eval()
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    for net in (encoder, decoder, decoder_ema):
+        net.to(device=device, memory_format=memory_format)
+    adam = dict(betas=config.train.adam_betas, eps=config.train.adam_eps, lr=config.schedule[0].lr)
+    return Networks(
+        encoder=encoder,
+        decoder=decoder,
+        decoder_ema=decoder_ema,
+        optimizer_encoder=torch.optim.Adam(encoder.parameters(), **adam),
+        optimizer_decoder=torch.optim.Adam(decoder.parameters(), **adam),
+    )
+
+
+def pick_device(config: Config) -> torch.device:
+    if config.train.device == "cuda" or (
+        config.train.device == "auto" and torch.cuda.is_available()
+    ):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def blend_real(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """During a fade-in, real images blend the same way: alpha * x + (1 - alpha) * up(down(x))."""
+    if alpha >= 1.0:
+        return x
+    coarse = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    return alpha * x + (1.0 - alpha) * coarse
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return module
+    # Unused parameters: blocks of later phases and the faded-out to_rgb/from_rgb.
+    # Default buffer sync broadcasts rank 0's spectral-norm u/v on every forward.
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+@dataclass
+class Outcome:
+    summary: dict[str, Any]  # final images seen and held-out figures (rank 0)
+    networks: Networks  # this rank's final state
+
+
+def train(config: Config, session: Session) -> Outcome:
+    """Run (or resume) training to the end of the schedule."""
+    device = pick_device(config)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(config.train.threads or max(1, (cores or 1) // session.local_world_size))
+    rank0 = session.rank == 0
+    total = total_images(config.schedule)
+    top_resolution = config.schedule[-1].resolution
+    latent_size = config.model.latent_size
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if config.train.precision == "bf16"
+        else nullcontext()
+    )
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+
+    # Networks, optimizers and where to resume.
+    nets = build(config, device)
+    restored = session.restore()
+    if restored is not None:
+        nets.load_state_dict(checkpoint.load(restored, map_location=device).state)
+    encoder_ddp, decoder_ddp = _ddp(nets.encoder, device), _ddp(nets.decoder, device)
+
+    # Data: decoded once at the top resolution; batches are a function of images seen.
+    data = FaceImages.load(config.data, top_resolution)
+    batches = Batches(
+        data.train, config.train.seed, config.data.flip, session.rank, session.world_size
+    )
+    grid_count = config.train.grid_size * config.train.grid_rows
+    grid_generator = torch.Generator().manual_seed(seed_of(config.train.seed, "grid"))
+    grid_latents = sample_latents(grid_count, latent_size, grid_generator, device)
+    run_dir = Path(session.run_dir)
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(run_dir / "metrics.jsonl", nets.images_seen)
+        start = f"resuming at {nets.images_seen:,} images" if restored else "starting fresh"
+        print(
+            f"pioneer: {len(data.train)} training / {len(data.holdout)} held-out images "
+            f"({len(data.skipped)} unreadable skipped), {session.world_size} worker(s), "
+            f"{device.type}, {config.train.precision}; {start}",
+            flush=True,
+        )
+
+    def latents(tag: str, n: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(
+            seed_of(config.train.seed, tag, nets.images_seen, session.rank)
+        )
+        return sample_latents(n, latent_size, generator, device)
+
+    sums: dict[str, torch.Tensor] = {}
+    steps_in_window, window_images, window_start = 0, 0, time.perf_counter()
+
+    while nets.images_seen < total:
+        now = progress_at(config.schedule, nets.images_seen)
+        phase, alpha, batch = now.phase, now.alpha, now.batch
+        if phase > nets.ema_synced_phase:
+            copy_block(nets.decoder_ema, nets.decoder, phase)
+            nets.ema_synced_phase = phase
+        set_lr(nets.optimizer_encoder, now.lr)
+        set_lr(nets.optimizer_decoder, now.lr)
+
+        # Fetch training data.
+        x = batches.get(nets.images_seen, batch, now.resolution).to(device)
+        x = blend_real(x, alpha).contiguous(memory_format=memory_format)
+
+        step = train_step(nets, encoder_ddp, decoder_ddp, x, now, config, latents, autocast)
+
+        # EMA.
+        nets.images_seen += batch
+        beta = ema_beta(
+            nets.images_seen, batch, config.train.ema_halflife_images, config.train.ema_rampup
+        )
+        update_ema(nets.decoder_ema, nets.decoder, beta)
+
+        for key, value in step.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+        steps_in_window += 1
+        window_images += batch
+
+        # Report (and checkpoint) on boundaries every rank computes alike.
+        seen = nets.images_seen
+        crossed = _crossed(seen, batch, config.train.report_images)
+        phase_done = seen >= now.phase_end or seen >= total
+        save = phase_done or _crossed(seen, batch, config.train.checkpoint_images)
+        if not (crossed or save):
+            continue
+        elapsed = time.perf_counter() - window_start
+        metrics: dict[str, Any] = {
+            "images_seen": seen,
+            "phase": phase,
+            "resolution": now.resolution,
+            "alpha": round(alpha, 4),
+            "lr": now.lr,
+            "margin": now.margin,
+            "ema_beta": beta,
+            "images_per_s": window_images / max(elapsed, 1e-9),
+            **{k: (v / steps_in_window).item() for k, v in sums.items()},
+        }
+        if not all(math.isfinite(metrics[k]) for k in step):
+            raise FloatingPointError(
+                f"training diverged at {seen:,} images (phase {phase}): non-finite loss "
+                f"{ {k: metrics[k] for k in step} }"
+            )
+        checkpoint_dir = None
+        if rank0:
+            if save:
+                power_iterate(nets.decoder_ema, iterations=10)  # settle the EMA's sigmas
+                metrics.update(heldout_quality(nets, data, now, config))
+                if phase_done:
+                    write_grids(
+                        nets,
+                        data,
+                        grid_latents,
+                        now,
+                        config,
+                        run_dir,
+                        f"phase{phase}_{now.resolution}px",
+                    )
+                checkpoint_dir = checkpoint.save(
+                    run_dir / ".staging" / checkpoint.checkpoint_name(seen),
+                    config,
+                    _progress(nets, config),
+                    nets.state_dict(),
+                )
+            with open(run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+            print(_progress_line(metrics, total), flush=True)
+        elif save:
+            power_iterate(nets.decoder_ema, iterations=10)  # keep ranks' EMA identical
+        session.report(metrics, checkpoint_dir)
+        sums, steps_in_window, window_images = {}, 0, 0
+        window_start = time.perf_counter()
+
+    # The end: final grids and held-out figures from the EMA decoder.
+    final = progress_at(config.schedule, nets.images_seen)
+    summary = {"images_seen": nets.images_seen, "resolution": final.resolution}
+    if rank0:
+        summary.update(heldout_quality(nets, data, final, config))
+        write_grids(nets, data, grid_latents, final, config, run_dir, "final")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return Outcome(summary, nets)
+
+
+def train_step(
+    nets: Networks,
+    encoder_train: nn.Module,
+    decoder_train: nn.Module,
+    x: torch.Tensor,
+    now: Progress,
+    config: Config,
+    latents: Callable[[str, int], torch.Tensor],
+    autocast: AbstractContextManager,
+) -> dict[str, torch.Tensor]:
+    """One encoder update and `decoder_steps` decoder updates on real batch x (b, 3, R, R).
+
+    encoder_train / decoder_train are the (possibly DDP-wrapped) nets used for their own
+    update; while frozen, each net is called unwrapped. Returns detached loss terms.
+    """
+    phase, alpha, n = now.phase, now.alpha, x.shape[0]
+    weights = config.loss
+
+    # Encoder step (Eq. 5): decoder frozen, the L1 gradient flows through it into phi.
+    nets.encoder.requires_grad_(True)
+    nets.decoder.requires_grad_(False)
+    with torch.no_grad(), autocast:
+        x_fake = nets.decoder(latents("z_encoder", n), phase, alpha)
+    with autocast:
+        codes = encoder_train(torch.cat([x, x_fake.to(x.dtype)]), phase, alpha)
+        codes_real, codes_fake = codes[:n], codes[n:]
+        x_reconstructed = nets.decoder(codes_real, phase, alpha)
+    kl_real, kl_fake = kl_n01(codes_real), kl_n01(codes_fake)
+    recon = reconstruction_l1(x, x_reconstructed)
+    loss_e = encoder_loss(
+        kl_real, kl_fake, recon, now.margin, weights.kl_weight, weights.recon_weight
+    )
+    nets.optimizer_encoder.zero_grad(set_to_none=True)
+    loss_e.backward()
+    nets.optimizer_encoder.step()
+
+    # Decoder steps (Eq. 2): encoder frozen.
+    nets.encoder.requires_grad_(False)
+    nets.decoder.requires_grad_(True)
+    for k in range(config.train.decoder_steps):
+        z = latents(f"z_decoder{k}", n)
+        with autocast:
+            codes_generated = nets.encoder(decoder_train(z, phase, alpha), phase, alpha)
+        kl_generated = kl_n01(codes_generated)
+        latent = latent_cosine(z, codes_generated)
+        loss_d = decoder_loss(kl_generated, latent, weights.kl_weight, weights.latent_weight)
+        nets.optimizer_decoder.zero_grad(set_to_none=True)
+        loss_d.backward()
+        nets.optimizer_decoder.step()
+    nets.encoder.requires_grad_(True)
+
+    terms = {
+        "kl_real": kl_real,
+        "kl_fake": kl_fake,
+        "kl_gap": kl_real - kl_fake,
+        "l1": recon,
+        "z_cos": latent,
+        "kl_generated": kl_generated,
+        "loss_encoder": loss_e,
+        "loss_decoder": loss_d,
+    }
+    return {key: value.detach() for key, value in terms.items()}
+
+
+def _crossed(seen: int, batch: int, every: int) -> bool:
+    """True when the last step passed a multiple of `every` images."""
+    return every > 0 and (seen // every) > ((seen - batch) // every)
+
+
+def _progress(nets: Networks, config: Config) -> dict[str, Any]:
+    now = progress_at(config.schedule, nets.images_seen)
+    return {
+        "images_seen": nets.images_seen,
+        "phase": now.phase,
+        "alpha": now.alpha,
+        "resolution": now.resolution,
+        "total_images": total_images(config.schedule),
+    }
+
+
+def _trim_metrics(path: Path, images_seen: int) -> None:
+    """On resume, drop metric lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["images_seen"] <= images_seen
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+@torch.no_grad()
+def heldout_quality(nets: Networks, data: FaceImages, now: Progress, config: Config) -> dict:
+    """PSNR of held-out reconstructions (EMA and live decoder) against the mean face."""
+    device = next(nets.encoder.parameters()).device
+    x = downsample(to_unit_range(data.holdout), now.resolution)
+    mean_face = data.mean_face(now.resolution)
+    was_training = nets.encoder.training, nets.decoder.training
+    nets.encoder.eval()
+    nets.decoder.eval()
+    ema, live = [], []
+    try:
+        for chunk in x.split(256):
+            chunk = chunk.to(device)
+            codes = nets.encoder(chunk, now.phase, now.alpha)
+            ema.append(nets.decoder_ema(codes, now.phase, now.alpha).float().cpu())
+            live.append(nets.decoder(codes, now.phase, now.alpha).float().cpu())
+    finally:
+        nets.encoder.train(was_training[0])
+        nets.decoder.train(was_training[1])
+    return {
+        "heldout_psnr_ema": psnr(x, torch.cat(ema)),
+        "heldout_psnr_live": psnr(x, torch.cat(live)),
+        "heldout_psnr_mean_face": psnr(x, mean_face.expand_as(x)),
+    }
+
+
+@torch.no_grad()
+def write_grids(
+    nets: Networks,
+    data: FaceImages,
+    latents: torch.Tensor,
+    now: Progress,
+    config: Config,
+    run_dir: Path,
+    tag: str,
+) -> None:
+    """Samples from fixed latents and fixed held-out faces above their reconstructions (EMA)."""
+    row = config.train.grid_size
+    samples = nets.decoder_ema(latents, now.phase, now.alpha)
+    save_grid(samples, run_dir / f"samples_{tag}.png", nrow=row)
+    real = downsample(to_unit_range(data.holdout[:row]), now.resolution)
+    device = next(nets.encoder.parameters()).device
+    was_training = nets.encoder.training
+    nets.encoder.eval()
+    codes = nets.encoder(real.to(device), now.phase, now.alpha)
+    nets.encoder.train(was_training)
+    reconstructed = nets.decoder_ema(codes, now.phase, now.alpha).float().cpu()
+    save_grid(torch.cat([real, reconstructed]), run_dir / f"reconstructions_{tag}.png", nrow=row)
+
+
+def _progress_line(m: dict[str, Any], total: int) -> str:
+    line = (
+        f"[{100 * m['images_seen'] / total:5.1f}%] {m['images_seen']:>9,}/{total:,} img | "
+        f"phase {m['phase']} {m['resolution']}px a={m['alpha']:.2f} | "
+        f"{m['images_per_s']:6.1f} img/s | KL real {m['kl_real']:.3f} fake {m['kl_fake']:.3f} "
+        f"gap {m['kl_gap']:+.3f} | L1 {m['l1']:.4f} | 1-cos {m['z_cos']:.4f}"
+    )
+    if "heldout_psnr_ema" in m:
+        line += (
+            f" | held-out PSNR ema {m['heldout_psnr_ema']:.2f} live {m['heldout_psnr_live']:.2f}"
+            f" mean-face {m['heldout_psnr_mean_face']:.2f} dB"
+        )
+    return line

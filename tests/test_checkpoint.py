@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from pioneer import checkpoint
+from pioneer.checkpoint import CheckpointError
+from pioneer.training import build
+from tests.conftest import tiny_config
+
+
+def _nets(face_dir, seed):
+    config = tiny_config(face_dir, seed=seed)
+    return config, build(config, torch.device("cpu"))
+
+
+def _assert_state_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            _assert_state_equal(a[key], b[key])
+        elif isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_round_trip_is_exact(tmp_path, face_dir):
+    config, nets = _nets(face_dir, seed=1)
+    # Give the optimizers some state and the EMA its own weights.
+    z = torch.nn.functional.normalize(torch.randn(4, config.model.latent_size), dim=1)
+    nets.decoder(z, 2, 0.5).mean().backward()
+    nets.optimizer_decoder.step()
+    nets.images_seen, nets.ema_synced_phase = 1234, 2
+    path = checkpoint.save(
+        tmp_path / "checkpoint_x", config, {"images_seen": 1234}, nets.state_dict()
+    )
+    loaded = checkpoint.load(path)
+    assert loaded.config == config
+    assert loaded.progress["images_seen"] == 1234
+    _assert_state_equal(nets.state_dict(), loaded.state)
+    _, fresh = _nets(face_dir, seed=2)
+    fresh.load_state_dict(loaded.state)
+    _assert_state_equal(nets.state_dict(), fresh.state_dict())
+    for net in (nets.decoder, fresh.decoder):
+        net.eval()
+    assert torch.equal(nets.decoder(z, 2, 0.5), fresh.decoder(z, 2, 0.5))
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_loadable(tmp_path, face_dir, monkeypatch):
+    config, nets = _nets(face_dir, seed=0)
+    target = tmp_path / "checkpoint_0000000001"
+    checkpoint.save(target, config, {"images_seen": 1}, nets.state_dict())
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", explode)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(target, config, {"images_seen": 2}, nets.state_dict())
+    assert checkpoint.load(target).progress["images_seen"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_0000000001"]
+
+
+def test_run_dir_resolves_to_the_checkpoint_with_most_images(tmp_path, face_dir):
+    config, nets = _nets(face_dir, seed=0)
+    for seen in (5, 700, 60):
+        checkpoint.save(
+            tmp_path / checkpoint.checkpoint_name(seen),
+            config,
+            {"images_seen": seen},
+            nets.state_dict(),
+        )
+    (tmp_path / "checkpoint_half_written").mkdir()  # no files: never picked
+    assert checkpoint.resolve(tmp_path).name == checkpoint.checkpoint_name(700)
+    checkpoint.prune(tmp_path, keep=1)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        checkpoint.checkpoint_name(700)
+    ]
+
+
+def test_bad_paths_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="neither a checkpoint"):
+        checkpoint.load(tmp_path)
+    broken = tmp_path / "checkpoint_1"
+    broken.mkdir()
+    for name in ("config.json", "progress.json", "state.pt"):
+        (broken / name).write_text("{}" if name != "state.pt" else "garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        checkpoint.load(broken)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        checkpoint.load(tmp_path / "file.txt")

@@ -1,0 +1,89 @@
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from pioneer.config import ModelConfig
+from pioneer.model import (
+    EqualizedLR,
+    PixelNorm,
+    build_networks,
+    power_iterate,
+    spectral_norm_modules,
+)
+
+TINY = dict(latent_size=16, channels=(16, 8, 8, 4))
+
+
+def convs(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+@pytest.mark.parametrize("mode", ["balanced", "baseline"])
+@pytest.mark.parametrize("phase", [0, 1, 2, 3])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_every_phase_gives_finite_outputs_of_the_right_shape(mode, phase, alpha):
+    torch.manual_seed(0)
+    encoder, decoder = build_networks(ModelConfig(mode=mode, **TINY))
+    side = 4 * 2**phase
+    z = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
+    images = decoder(z, phase, alpha)
+    assert images.shape == (5, 3, side, side)
+    assert torch.isfinite(images).all()
+    codes = encoder(images, phase, alpha)
+    assert codes.shape == (5, 16)
+    assert torch.isfinite(codes).all()
+    torch.testing.assert_close(codes.norm(dim=1), torch.ones(5))
+
+
+def test_balanced_mode_puts_spectral_norm_on_every_conv_of_both_nets():
+    encoder, decoder = build_networks(ModelConfig(mode="balanced", **TINY))
+    for net in (encoder, decoder):
+        all_convs = convs(net)
+        assert all_convs and set(map(id, spectral_norm_modules(net))) == set(map(id, all_convs))
+        assert not any(isinstance(m, PixelNorm) for m in net.modules())
+        for conv in all_convs:
+            assert not any(isinstance(p, EqualizedLR) for p in conv.parametrizations.weight)
+
+
+def test_baseline_mode_has_equalized_lr_and_pixel_norm_in_the_decoder_only():
+    encoder, decoder = build_networks(ModelConfig(mode="baseline", **TINY))
+    assert not spectral_norm_modules(decoder)
+    for conv in convs(decoder):
+        assert parametrize.is_parametrized(conv, "weight")
+        assert isinstance(conv.parametrizations.weight[0], EqualizedLR)
+    assert sum(isinstance(m, PixelNorm) for m in decoder.modules()) > 0
+    assert len(spectral_norm_modules(encoder)) == len(convs(encoder))
+    assert not any(isinstance(m, PixelNorm) for m in encoder.modules())
+
+
+def test_encoder_rejects_images_of_the_wrong_resolution():
+    encoder, decoder = build_networks(ModelConfig(**TINY))
+    with pytest.raises(ValueError, match=r"phase 2 expects \(N, 3, 16, 16\)"):
+        encoder(torch.zeros(2, 3, 8, 8), phase=2)
+    with pytest.raises(ValueError, match="latents"):
+        decoder(torch.zeros(2, 7), phase=0)
+
+
+def test_fade_in_at_alpha_zero_is_the_previous_resolution_upsampled():
+    torch.manual_seed(0)
+    _, decoder = build_networks(ModelConfig(**TINY))
+    decoder.eval()
+    z = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+    coarse = decoder(z, 1, 1.0)
+    faded = decoder(z, 2, 0.0)
+    torch.testing.assert_close(faded, coarse.repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
+def test_power_iterate_converges_to_the_true_spectral_norm():
+    torch.manual_seed(0)
+    _, decoder = build_networks(ModelConfig(**TINY))
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # move the weights away from the u/v's
+    power_iterate(decoder, iterations=200)
+    decoder.eval()
+    for module in spectral_norm_modules(decoder):
+        original = module.parametrizations.weight.original
+        true_sigma = torch.linalg.matrix_norm(original.flatten(1), ord=2)
+        normalised = torch.linalg.matrix_norm(module.weight.flatten(1), ord=2)
+        assert abs(normalised.item() - 1.0) < 1e-3, (true_sigma, normalised)

@@ -1,0 +1,87 @@
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from pioneer import checkpoint
+from pioneer.schedule import total_images
+from pioneer.training import LocalSession, train
+from tests.conftest import tiny_config
+
+
+class Interrupted(Exception):
+    pass
+
+
+@dataclass
+class CrashAfterCheckpoints(LocalSession):
+    """Dies right after its n-th checkpoint, like a killed worker."""
+
+    crash_after: int = 1
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if checkpoint_dir is not None:
+            self.crash_after -= 1
+            if self.crash_after == 0:
+                raise Interrupted
+
+
+def _losses(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(m["images_seen"], m["loss_encoder"], m["loss_decoder"], m["kl_gap"]) for m in lines]
+
+
+def test_smoke_run_writes_checkpoints_grids_and_metrics(trained_run, face_dir):
+    config = tiny_config(face_dir)
+    found = checkpoint.list_checkpoints(trained_run)
+    assert found and len(found) <= config.train.keep_checkpoints
+    latest = checkpoint.load(trained_run)
+    assert latest.progress["images_seen"] == total_images(config.schedule)
+    assert latest.progress["phase"] == len(config.schedule) - 1
+    for name in ("samples_final.png", "reconstructions_final.png", "samples_phase0_4px.png"):
+        assert (trained_run / name).stat().st_size > 0
+    summary = json.loads((trained_run / "summary.json").read_text())
+    for key in ("heldout_psnr_ema", "heldout_psnr_live", "heldout_psnr_mean_face"):
+        assert summary[key] > 0
+    metrics = _losses(trained_run)
+    assert metrics[-1][0] == total_images(config.schedule)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, face_dir):
+    config = tiny_config(face_dir)
+    straight = train(config, LocalSession(tmp_path / "straight"))
+
+    with pytest.raises(Interrupted):
+        train(config, CrashAfterCheckpoints(tmp_path / "resumed", crash_after=2))
+    resumed_at = checkpoint.load(tmp_path / "resumed").progress["images_seen"]
+    assert 0 < resumed_at < total_images(config.schedule)
+    resumed = train(config, LocalSession(tmp_path / "resumed"))
+
+    assert (
+        resumed.networks.images_seen
+        == straight.networks.images_seen
+        == total_images(config.schedule)
+    )
+    a, b = straight.networks.state_dict(), resumed.networks.state_dict()
+    for net in ("encoder", "decoder", "decoder_ema"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key}"
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+
+
+def test_rerunning_a_finished_run_does_no_more_training(trained_run, face_dir):
+    before = checkpoint.load(trained_run).progress["images_seen"]
+    session = LocalSession(trained_run)
+    outcome = train(tiny_config(face_dir), session)
+    assert outcome.networks.images_seen == before
+    assert session.history == []
+
+
+def test_bf16_channels_last_path_trains(tmp_path, face_dir):
+    config = tiny_config(face_dir, precision="bf16", channels_last=True)
+    outcome = train(config, LocalSession(tmp_path))
+    assert outcome.networks.images_seen == total_images(config.schedule)
+    for value in outcome.summary.values():
+        assert value == value  # not NaN
