@@ -35,13 +35,27 @@ def test_every_phase_gives_finite_outputs_of_the_right_shape(mode, phase, alpha)
     torch.testing.assert_close(codes.norm(dim=1), torch.ones(5))
 
 
-def test_balanced_mode_puts_spectral_norm_on_every_conv_of_both_nets():
+def block_convs(net):
+    return [m for m in net.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def rgb_convs(net):
+    rgb = net.to_rgb if hasattr(net, "to_rgb") else net.from_rgb
+    return [m for m in rgb.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_balanced_mode_puts_spectral_norm_on_every_block_conv_of_both_nets():
     encoder, decoder = build_networks(ModelConfig(mode="balanced", **TINY))
     for net in (encoder, decoder):
-        all_convs = convs(net)
-        assert all_convs and set(map(id, spectral_norm_modules(net))) == set(map(id, all_convs))
+        assert block_convs(net)
+        assert set(map(id, spectral_norm_modules(net))) == set(map(id, block_convs(net)))
+        assert not any(parametrize.is_parametrized(m, "weight") for m in rgb_convs(net))
         assert not any(isinstance(m, PixelNorm) for m in net.modules())
-        for conv in all_convs:
+    # With rgb_spectral_norm, literally every conv carries it.
+    encoder, decoder = build_networks(ModelConfig(rgb_spectral_norm=True, **TINY))
+    for net in (encoder, decoder):
+        assert set(map(id, spectral_norm_modules(net))) == set(map(id, convs(net)))
+        for conv in convs(net):
             assert not any(isinstance(p, EqualizedLR) for p in conv.parametrizations.weight)
 
 
@@ -52,7 +66,7 @@ def test_baseline_mode_has_equalized_lr_and_pixel_norm_in_the_decoder_only():
         assert parametrize.is_parametrized(conv, "weight")
         assert isinstance(conv.parametrizations.weight[0], EqualizedLR)
     assert sum(isinstance(m, PixelNorm) for m in decoder.modules()) > 0
-    assert len(spectral_norm_modules(encoder)) == len(convs(encoder))
+    assert set(map(id, spectral_norm_modules(encoder))) == set(map(id, block_convs(encoder)))
     assert not any(isinstance(m, PixelNorm) for m in encoder.modules())
 
 
