@@ -301,17 +301,18 @@ def _celeba64() -> Config:
 
 
 def _default() -> Config:
-    # `make train`: under 30 minutes on 2 CPU cores. Short low-resolution phases (they cost
-    # little and learn fast), most of the budget at the top resolution. See README.
+    # `make train`: under 30 minutes on 2 CPU cores (measured: ~300 / 160 / 100 / 48 img/s at
+    # 4 / 8 / 16 / 32 px). Held-out PSNR plateaus within ~15k images at 8 and 16 px, so the
+    # low resolutions are short and most of the budget goes to the 32x32 phase.
     return Config(
         name="default",
         model=ModelConfig(channels=(128, 128, 64, 64)),
         train=TrainConfig(ema_halflife_images=5_000, checkpoint_images=25_000),
         schedule=(
-            Phase(4, 0, 20_000, 32, 0.001),
-            Phase(8, 10_000, 20_000, 32, 0.001),
-            Phase(16, 15_000, 25_000, 32, 0.001),
-            Phase(32, 15_000, 35_000, 32, 0.001),
+            Phase(4, 0, 15_000, 32, 0.001),
+            Phase(8, 6_000, 14_000, 32, 0.001),
+            Phase(16, 10_000, 15_000, 32, 0.001),
+            Phase(32, 12_000, 38_000, 32, 0.001),
         ),
     )
 
