@@ -40,8 +40,7 @@ def bench_config(resolution: int, images: int) -> Config:
     phases = resolution.bit_length() - 3  # 4 -> 1 phase, 32 -> 4, 64 -> 5
     base = preset("default")
     schedule = tuple(
-        Phase(4 * 2**i, 0, BATCH if i < phases - 1 else images, BATCH, 0.001)
-        for i in range(phases)
+        Phase(4 * 2**i, 0, BATCH if i < phases - 1 else images, BATCH, 0.001) for i in range(phases)
     )
     return replace(
         base,
@@ -65,7 +64,9 @@ def flops_per_image(config: Config) -> float:
     x = x.contiguous(memory_format=torch.channels_last)
 
     def latents(tag: str, n: int) -> torch.Tensor:
-        return sample_latents(n, config.model.latent_size, torch.Generator().manual_seed(seed_of(tag)))
+        return sample_latents(
+            n, config.model.latent_size, torch.Generator().manual_seed(seed_of(tag))
+        )
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     counter = FlopCounterMode(display=False)

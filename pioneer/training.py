@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pioneer import checkpoint
-from pioneer.config import Config
+from pioneer.config import Config, TrainConfig
 from pioneer.data import Batches, FaceImages, downsample, seed_of, to_unit_range
 from pioneer.ema import copy_block, ema_beta, update_ema
 from pioneer.images import save_grid
@@ -57,7 +57,7 @@ class LocalSession:
     """One plain process: checkpoints go straight into the run dir."""
 
     run_dir: Path
-    keep: int = 3
+    keep: int = TrainConfig.keep_checkpoints  # latest checkpoints kept in the run dir
     rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
