@@ -1,6 +1,6 @@
 """Training throughput: a plain single-process loop vs Ray Train with 1 and 2 workers.
 
-    python bench/train_throughput.py [--resolutions 32,64] [--images 1920,768]
+    python bench/train_throughput.py [--resolutions 32,64] [--images 3840,1536]
 
 Every mode runs the same library loop (`pioneer.training.train`) on the bundled faces at the
 default preset's widths, with the measured resolution as the last phase (earlier phases
@@ -102,7 +102,7 @@ def conv_peak(resolution: int, channels: int, bf16: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", default="32,64")
-    parser.add_argument("--images", default="1920,768", help="images at each resolution")
+    parser.add_argument("--images", default="3840,1536", help="images at each resolution")
     parser.add_argument("--modes", default="plain,ray1,ray2")
     args = parser.parse_args()
     resolutions = [int(r) for r in args.resolutions.split(",")]
