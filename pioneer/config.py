@@ -70,7 +70,6 @@ class DataConfig:
     crop: Literal["face", "center", "none"] = "face"  # face: CelebA-aligned face square
     holdout: int = 400  # last N images (sorted by name) never trained on
     flip: bool = True  # random horizontal flips
-    cache: bool = True  # decode each image once and keep it in memory (uint8)
 
 
 @dataclass(frozen=True)
