@@ -15,8 +15,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ from pioneer import checkpoint
 from pioneer.config import Config, TrainConfig
 from pioneer.data import Batches, FaceImages, downsample, seed_of, to_unit_range
 from pioneer.ema import copy_block, ema_beta, update_ema
-from pioneer.images import save_grid
+from pioneer.images import grid_image, save_png
 from pioneer.losses import decoder_loss, encoder_loss, kl_n01, latent_cosine, reconstruction_l1
 from pioneer.model import Decoder, Encoder, build_networks, power_iterate
 from pioneer.quality import psnr
@@ -215,6 +215,7 @@ def train(config: Config, session: Session) -> Outcome:
 
     sums: dict[str, torch.Tensor] = {}
     steps_in_window, window_images, window_start = 0, 0, time.perf_counter()
+    quality: dict[str, float] = {}  # held-out figures at the latest checkpoint
 
     while nets.images_seen < total:
         now = progress_at(config.schedule, nets.images_seen)
@@ -268,20 +269,17 @@ def train(config: Config, session: Session) -> Outcome:
                 f"{ {k: metrics[k] for k in step} }"
             )
         checkpoint_dir = None
+        if save:
+            power_iterate(nets.decoder_ema, iterations=10)  # settle the EMA's sigmas, all ranks
         if rank0:
             if save:
-                power_iterate(nets.decoder_ema, iterations=10)  # settle the EMA's sigmas
-                metrics.update(heldout_quality(nets, data, now, config))
+                quality = heldout_quality(nets, data, now)
+                metrics.update(quality)
                 if phase_done:
-                    write_grids(
-                        nets,
-                        data,
-                        grid_latents,
-                        now,
-                        config,
-                        run_dir,
-                        f"phase{phase}_{now.resolution}px",
+                    tags = [f"phase{phase}_{now.resolution}px"] + (
+                        ["final"] if seen >= total else []
                     )
+                    write_grids(nets, data, grid_latents, now, config, run_dir, tags)
                 checkpoint_dir = checkpoint.save(
                     run_dir / ".staging" / checkpoint.checkpoint_name(seen),
                     config,
@@ -291,18 +289,16 @@ def train(config: Config, session: Session) -> Outcome:
             with open(run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
             print(_progress_line(metrics, total), flush=True)
-        elif save:
-            power_iterate(nets.decoder_ema, iterations=10)  # keep ranks' EMA identical
         session.report(metrics, checkpoint_dir)
         sums, steps_in_window, window_images = {}, 0, 0
         window_start = time.perf_counter()
 
-    # The end: final grids and held-out figures from the EMA decoder.
+    # The end: held-out figures of the last checkpoint (computed now for a run that was
+    # already finished when this process started; its final grids are already written).
     final = progress_at(config.schedule, nets.images_seen)
     summary = {"images_seen": nets.images_seen, "resolution": final.resolution}
     if rank0:
-        summary.update(heldout_quality(nets, data, final, config))
-        write_grids(nets, data, grid_latents, final, config, run_dir, "final")
+        summary.update(quality or heldout_quality(nets, data, final))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return Outcome(summary, nets)
 
@@ -399,29 +395,34 @@ def _trim_metrics(path: Path, images_seen: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+@contextmanager
+def _evaluating(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode (spectral norm uses its stored u/v, no power iteration), then restore."""
+    was_training = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, was_training, strict=True):
+            module.train(mode)
+
+
 @torch.no_grad()
-def heldout_quality(nets: Networks, data: FaceImages, now: Progress, config: Config) -> dict:
+def heldout_quality(nets: Networks, data: FaceImages, now: Progress) -> dict[str, float]:
     """PSNR of held-out reconstructions (EMA and live decoder) against the mean face."""
     device = next(nets.encoder.parameters()).device
     x = downsample(to_unit_range(data.holdout), now.resolution)
-    mean_face = data.mean_face(now.resolution)
-    was_training = nets.encoder.training, nets.decoder.training
-    nets.encoder.eval()
-    nets.decoder.eval()
     ema, live = [], []
-    try:
+    with _evaluating(nets.encoder, nets.decoder):
         for chunk in x.split(256):
-            chunk = chunk.to(device)
-            codes = nets.encoder(chunk, now.phase, now.alpha)
+            codes = nets.encoder(chunk.to(device), now.phase, now.alpha)
             ema.append(nets.decoder_ema(codes, now.phase, now.alpha).float().cpu())
             live.append(nets.decoder(codes, now.phase, now.alpha).float().cpu())
-    finally:
-        nets.encoder.train(was_training[0])
-        nets.decoder.train(was_training[1])
     return {
         "heldout_psnr_ema": psnr(x, torch.cat(ema)),
         "heldout_psnr_live": psnr(x, torch.cat(live)),
-        "heldout_psnr_mean_face": psnr(x, mean_face.expand_as(x)),
+        "heldout_psnr_mean_face": psnr(x, data.mean_face(now.resolution).expand_as(x)),
     }
 
 
@@ -433,20 +434,20 @@ def write_grids(
     now: Progress,
     config: Config,
     run_dir: Path,
-    tag: str,
+    tags: list[str],
 ) -> None:
-    """Samples from fixed latents and fixed held-out faces above their reconstructions (EMA)."""
+    """Samples from fixed latents, and fixed held-out faces above their EMA reconstructions."""
     row = config.train.grid_size
-    samples = nets.decoder_ema(latents, now.phase, now.alpha)
-    save_grid(samples, run_dir / f"samples_{tag}.png", nrow=row)
     real = downsample(to_unit_range(data.holdout[:row]), now.resolution)
     device = next(nets.encoder.parameters()).device
-    was_training = nets.encoder.training
-    nets.encoder.eval()
-    codes = nets.encoder(real.to(device), now.phase, now.alpha)
-    nets.encoder.train(was_training)
+    with _evaluating(nets.encoder):
+        codes = nets.encoder(real.to(device), now.phase, now.alpha)
+    samples = grid_image(nets.decoder_ema(latents, now.phase, now.alpha), nrow=row)
     reconstructed = nets.decoder_ema(codes, now.phase, now.alpha).float().cpu()
-    save_grid(torch.cat([real, reconstructed]), run_dir / f"reconstructions_{tag}.png", nrow=row)
+    pairs = grid_image(torch.cat([real, reconstructed]), nrow=row)
+    for tag in tags:
+        save_png(samples, run_dir / f"samples_{tag}.png")
+        save_png(pairs, run_dir / f"reconstructions_{tag}.png")
 
 
 def _progress_line(m: dict[str, Any], total: int) -> str:
