@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         result = fit(config, run_dir, workers=args.workers, use_gpu=args.gpu)
-    except Exception as error:  # Ray wraps worker errors; show the cause in one line
-        print(f"error: training failed: {error}", file=sys.stderr)
+    except Exception as error:  # Ray wraps worker errors: the traceback, then the cause in one line
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print("\n".join(lines), file=sys.stderr)
+        print(f"error: training failed: {lines[-1]}", file=sys.stderr)
         return 1
     print(f"done in {time.perf_counter() - started:.0f} s; run dir: {run_dir}")
     if result.checkpoint is not None:

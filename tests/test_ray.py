@@ -129,3 +129,14 @@ def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, 
     assert ranks[0]["digests"] == ranks[1]["digests"]  # weights, u/v and EMA, bit for bit
     assert ranks[0]["seen"] == ranks[1]["seen"] == total_images(config.schedule)
     assert checkpoint.load(run_dir).progress["images_seen"] == total_images(config.schedule)
+
+
+def test_a_worker_error_ends_in_one_line_naming_the_cause(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(3):
+        (faces / f"bad{i}.jpg").write_text("not a jpeg")
+    done = run_script("--preset", "smoke", "--data", str(faces), "--run-dir", str(tmp_path / "r"))
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training failed:") and "0 readable images" in last
