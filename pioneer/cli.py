@@ -1,15 +1,18 @@
-"""`pioneer` command line: sample, reconstruct and interpolate from a checkpoint.
+"""`pioneer` command line: prepare datasets; sample, reconstruct and interpolate from a checkpoint.
 
+    pioneer prepare SRC OUT --resolutions 4,8,16,32,64 [--attributes FILE] [--crop face]
     pioneer sample CKPT --n 16 --seed 0 --out samples.png
     pioneer reconstruct CKPT IMAGE... --out recon.png
     pioneer interpolate CKPT IMAGE_A IMAGE_B --steps 8 --out path.png
 
-CKPT is a checkpoint directory or a run directory (its latest checkpoint is used).
+SRC and OUT are local folders or s3://bucket/prefix URIs. CKPT is a checkpoint directory or
+a run directory (its latest checkpoint is used).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -17,11 +20,32 @@ from pathlib import Path
 import torch
 
 from pioneer.checkpoint import CheckpointError
+from pioneer.prepare import PrepareOptions
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pioneer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    defaults = PrepareOptions()
+    prepare = commands.add_parser("prepare", help="image folder / s3 prefix -> Parquet shards")
+    prepare.add_argument("src", help="image folder or s3://bucket/prefix (read recursively)")
+    prepare.add_argument("out", help="output folder or s3://bucket/prefix (resumes if present)")
+    prepare.add_argument(
+        "--resolutions", default=",".join(map(str, defaults.resolutions)), help="e.g. 4,8,16,32"
+    )
+    prepare.add_argument("--attributes", help="CelebA-style attribute file (list_attr_celeba.txt)")
+    prepare.add_argument("--crop", default=defaults.crop, choices=("face", "center", "none"))
+    prepare.add_argument(
+        "--shard-size", type=int, default=defaults.shard_size, help="images per shard (0: auto)"
+    )
+    prepare.add_argument(
+        "--workers", type=int, default=defaults.workers, help="processes (0: one per core)"
+    )
+    prepare.add_argument(
+        "--upscale", action="store_true", help="upscale small images instead of skipping them"
+    )
+    prepare.add_argument("--max-aspect", type=float, default=defaults.max_aspect)
 
     sample = commands.add_parser("sample", help="a grid of random faces")
     sample.add_argument("checkpoint")
@@ -43,7 +67,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> Path:
+def _prepare(args: argparse.Namespace) -> str:
+    from pioneer.prepare import prepare
+
+    try:
+        resolutions = tuple(int(r) for r in args.resolutions.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--resolutions must be comma-separated integers, got {args.resolutions!r}"
+        ) from None
+    options = PrepareOptions(
+        resolutions=resolutions,
+        crop=args.crop,
+        attributes=args.attributes,
+        shard_size=args.shard_size,
+        upscale=args.upscale,
+        max_aspect=args.max_aspect,
+        workers=args.workers,
+    )
+    manifest = prepare(args.src, args.out, options)
+    counts = manifest["counts"]
+    skipped = {k: v for k, v in counts["skipped"].items() if v}
+    print(
+        f"prepare: wrote {counts['written']:,} of {counts['read']:,} images in "
+        f"{len(manifest['shards'])} shards; skipped {json.dumps(skipped)}; "
+        f"converted {json.dumps(counts['converted'])}; upscaled {counts['upscaled']}",
+        file=sys.stderr,
+    )
+    return args.out
+
+
+def _run(args: argparse.Namespace) -> Path | str:
+    if args.command == "prepare":
+        return _prepare(args)
     from pioneer.api import Pioneer
     from pioneer.images import save_grid
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-# The 4,000 bundled CelebA faces (non-commercial research use only, see data/celeba/SOURCE.md).
-BUNDLED_FACES = Path(__file__).resolve().parent.parent / "data" / "celeba"
+# The 4,000 bundled CelebA faces (non-commercial research use only, see data/celeba/SOURCE.md):
+# the JPEGs with their attribute file, and the same faces prepared as Parquet shards (4-32 px).
+BUNDLED_CELEBA = Path(__file__).resolve().parent.parent / "data" / "celeba"
+BUNDLED_FACES = BUNDLED_CELEBA / "prepared"
 
 # Channels per resolution in the paper's architecture, 4x4 first (supplement A).
 PAPER_CHANNELS = (512, 512, 512, 512, 256, 128, 64, 32, 16)
@@ -66,10 +68,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: str = str(BUNDLED_FACES)  # image folder (jpg/png, recursive)
-    crop: Literal["face", "center", "none"] = "face"  # face: CelebA-aligned face square
-    holdout: int = 400  # last N images (sorted by name) never trained on
+    # A prepared dataset (`pioneer prepare` output: local dir or s3://bucket/prefix) or a
+    # local image folder (jpg/png/webp, recursive, decoded in memory at the start).
+    path: str = str(BUNDLED_FACES)
+    crop: Literal["face", "center", "none"] = "face"  # image folders only; prepare fixes it
+    holdout: int = 400  # last N images (sorted by id) never trained on
     flip: bool = True  # random horizontal flips
+    shuffle_window_mb: float = 512  # per worker: shuffle within windows of this many MB of pixels
 
 
 @dataclass(frozen=True)

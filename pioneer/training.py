@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pioneer import checkpoint
 from pioneer.config import Config, TrainConfig
-from pioneer.data import Batches, FaceImages, downsample, seed_of, to_unit_range
+from pioneer.data import seed_of, to_unit_range
+from pioneer.dataset import Dataset, Stream, open_dataset
 from pioneer.ema import copy_block, ema_beta, update_ema
 from pioneer.images import grid_image, save_png
 from pioneer.losses import decoder_loss, encoder_loss, kl_n01, latent_cosine, reconstruction_l1
@@ -171,7 +172,6 @@ def train(config: Config, session: Session) -> Outcome:
     torch.set_num_threads(config.train.threads or max(1, (cores or 1) // session.local_world_size))
     rank0 = session.rank == 0
     total = total_images(config.schedule)
-    top_resolution = config.schedule[-1].resolution
     latent_size = config.model.latent_size
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
@@ -187,10 +187,17 @@ def train(config: Config, session: Session) -> Outcome:
         nets.load_state_dict(checkpoint.load(restored, map_location=device).state)
     encoder_ddp, decoder_ddp = _ddp(nets.encoder, device), _ddp(nets.decoder, device)
 
-    # Data: decoded once at the top resolution; batches are a function of images seen.
-    data = FaceImages.load(config.data, top_resolution)
-    batches = Batches(
-        data.train, config.train.seed, config.data.flip, session.rank, session.world_size
+    # Data: each worker streams its own part; batches are a function of images seen.
+    data = open_dataset(config.data, tuple(p.resolution for p in config.schedule))
+    if data.crop != config.data.crop:  # a prepared dataset fixed its crop: checkpoints say so
+        config = replace(config, data=replace(config.data, crop=data.crop))
+    stream = Stream(
+        data,
+        config.train.seed,
+        config.data.flip,
+        session.rank,
+        session.world_size,
+        config.data.shuffle_window_mb,
     )
     grid_count = config.train.grid_size * config.train.grid_rows
     grid_generator = torch.Generator().manual_seed(seed_of(config.train.seed, "grid"))
@@ -201,8 +208,9 @@ def train(config: Config, session: Session) -> Outcome:
         _trim_metrics(run_dir / "metrics.jsonl", nets.images_seen)
         start = f"resuming at {nets.images_seen:,} images" if restored else "starting fresh"
         print(
-            f"pioneer: {len(data.train)} training / {len(data.holdout)} held-out images "
-            f"({len(data.skipped)} unreadable skipped), {session.world_size} worker(s), "
+            f"pioneer: {data.description}: {data.train_rows:,} training / "
+            f"{data.holdout_rows:,} held-out ({data.skipped:,} skipped), "
+            f"{session.world_size} worker(s), "
             f"{device.type}, {config.train.precision}; {start}",
             flush=True,
         )
@@ -227,7 +235,7 @@ def train(config: Config, session: Session) -> Outcome:
         set_lr(nets.optimizer_decoder, now.lr)
 
         # Fetch training data.
-        x = batches.get(nets.images_seen, batch, now.resolution).to(device)
+        x = stream.get(nets.images_seen, batch, now.resolution).to(device)
         x = blend_real(x, alpha).contiguous(memory_format=memory_format)
 
         step = train_step(nets, encoder_ddp, decoder_ddp, x, now, config, latents, autocast)
@@ -292,6 +300,8 @@ def train(config: Config, session: Session) -> Outcome:
         session.report(metrics, checkpoint_dir)
         sums, steps_in_window, window_images = {}, 0, 0
         window_start = time.perf_counter()
+
+    stream.close()
 
     # The end: held-out figures of the last checkpoint (computed now for a run that was
     # already finished when this process started; its final grids are already written).
@@ -409,10 +419,10 @@ def _evaluating(*modules: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def heldout_quality(nets: Networks, data: FaceImages, now: Progress) -> dict[str, float]:
+def heldout_quality(nets: Networks, data: Dataset, now: Progress) -> dict[str, float]:
     """PSNR of held-out reconstructions (EMA and live decoder) against the mean face."""
     device = next(nets.encoder.parameters()).device
-    x = downsample(to_unit_range(data.holdout), now.resolution)
+    x = to_unit_range(data.holdout(now.resolution))
     ema, live = [], []
     with _evaluating(nets.encoder, nets.decoder):
         for chunk in x.split(256):
@@ -429,7 +439,7 @@ def heldout_quality(nets: Networks, data: FaceImages, now: Progress) -> dict[str
 @torch.no_grad()
 def write_grids(
     nets: Networks,
-    data: FaceImages,
+    data: Dataset,
     latents: torch.Tensor,
     now: Progress,
     config: Config,
@@ -438,7 +448,7 @@ def write_grids(
 ) -> None:
     """Samples from fixed latents, and fixed held-out faces above their EMA reconstructions."""
     row = config.train.grid_size
-    real = downsample(to_unit_range(data.holdout[:row]), now.resolution)
+    real = to_unit_range(data.holdout(now.resolution)[:row])
     device = next(nets.encoder.parameters()).device
     with _evaluating(nets.encoder):
         codes = nets.encoder(real.to(device), now.phase, now.alpha)

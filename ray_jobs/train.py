@@ -1,8 +1,9 @@
 """Train a Balanced PIONEER autoencoder with Ray Train.
 
-    python ray_jobs/train.py [--preset default] [--data DIR] [--run-dir runs/NAME]
+    python ray_jobs/train.py [--preset default] [--data PATH] [--run-dir runs/NAME]
                              [--workers N] [--set dotted.key=value ...]
 
+PATH is a prepared dataset (`pioneer prepare` output, local or s3://) or an image folder.
 Re-running the same command with the same run dir resumes from its latest checkpoint.
 Also works as `ray job submit --working-dir . -- python ray_jobs/train.py ...`.
 """
@@ -26,7 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    parser.add_argument("--data", help="image folder (default: the bundled CelebA faces)")
+    parser.add_argument(
+        "--data",
+        help="prepared dataset (dir or s3://) or image folder (default: the bundled CelebA faces)",
+    )
     parser.add_argument("--run-dir", help="where checkpoints, grids and metrics go (runs/<name>)")
     parser.add_argument("--name", help="run name (default: the preset's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
@@ -49,17 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.name:
             config = replace(config, name=args.name)
         if args.data:
-            config = replace(config, data=replace(config.data, path=str(Path(args.data).resolve())))
+            path = args.data if "://" in args.data else str(Path(args.data).resolve())
+            config = replace(config, data=replace(config.data, path=path))
         if args.workers < 1:
             raise ConfigError("--workers must be >= 1")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from pioneer.data import DataError, list_images
+    from pioneer.data import DataError
+    from pioneer.dataset import check_data
 
-    try:
-        list_images(config.data.path)  # fail here, not inside a worker
-    except DataError as error:
+    try:  # fail here, not inside a worker
+        print(f"data: {check_data(config.data, tuple(p.resolution for p in config.schedule))}")
+    except (DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or Path("runs") / config.name).resolve()

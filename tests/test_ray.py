@@ -27,13 +27,13 @@ def run_script(*args, timeout=300):
     )
 
 
-def test_train_script_runs_the_smoke_preset_and_resumes(tmp_path, face_dir):
+def test_train_script_runs_the_smoke_preset_and_resumes(tmp_path, face_shards):
     run_dir = tmp_path / "smoke"
     args = [
         "--preset",
         "smoke",
         "--data",
-        str(face_dir),
+        str(face_shards),
         "--run-dir",
         str(run_dir),
         "--set",
@@ -41,7 +41,7 @@ def test_train_script_runs_the_smoke_preset_and_resumes(tmp_path, face_dir):
     ]
     first = run_script(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    total = total_images(tiny_config(face_dir).schedule)
+    total = total_images(tiny_config(face_shards).schedule)
     assert checkpoint.load(run_dir).progress["images_seen"] == total
     assert (run_dir / "samples_final.png").exists() and (run_dir / "metrics.jsonl").exists()
     assert "held-out PSNR ema" in first.stdout + first.stderr
@@ -98,7 +98,7 @@ def _loop_checking_ranks(loop_config):
         (Path(loop_config["run_dir"]) / "ranks.json").write_text(json.dumps(everyone))
 
 
-def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, face_dir):
+def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, face_shards):
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -106,7 +106,7 @@ def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, 
     from pioneer.config import to_dict
     from pioneer.ray_train import WORKER_ENV
 
-    config = tiny_config(face_dir)
+    config = tiny_config(face_shards)
     run_dir = tmp_path / "ddp"
     env = {
         **WORKER_ENV,
@@ -136,7 +136,10 @@ def test_a_worker_error_ends_in_one_line_naming_the_cause(tmp_path):
     faces.mkdir()
     for i in range(3):
         (faces / f"bad{i}.jpg").write_text("not a jpeg")
-    done = run_script("--preset", "smoke", "--data", str(faces), "--run-dir", str(tmp_path / "r"))
+    done = run_script(
+        "--preset", "smoke", "--data", str(faces), "--run-dir", str(tmp_path / "r"),
+        "--set", "data.holdout=1",
+    )  # fmt: skip
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training failed:") and "0 readable images" in last

@@ -34,8 +34,8 @@ def _losses(run_dir):
     return [(m["images_seen"], m["loss_encoder"], m["loss_decoder"], m["kl_gap"]) for m in lines]
 
 
-def test_smoke_run_writes_checkpoints_grids_and_metrics(trained_run, face_dir):
-    config = tiny_config(face_dir)
+def test_smoke_run_writes_checkpoints_grids_and_metrics(trained_run, face_shards):
+    config = tiny_config(face_shards)
     found = checkpoint.list_checkpoints(trained_run)
     assert found and len(found) <= config.train.keep_checkpoints
     latest = checkpoint.load(trained_run)
@@ -50,8 +50,8 @@ def test_smoke_run_writes_checkpoints_grids_and_metrics(trained_run, face_dir):
     assert metrics[-1][0] == total_images(config.schedule)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, face_dir):
-    config = tiny_config(face_dir)
+def test_interrupted_run_resumes_exactly(tmp_path, face_shards):
+    config = tiny_config(face_shards)
     straight = train(config, LocalSession(tmp_path / "straight"))
 
     with pytest.raises(Interrupted):
@@ -72,23 +72,23 @@ def test_interrupted_run_resumes_exactly(tmp_path, face_dir):
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
 
 
-def test_rerunning_a_finished_run_does_no_more_training(trained_run, face_dir):
+def test_rerunning_a_finished_run_does_no_more_training(trained_run, face_shards):
     before = checkpoint.load(trained_run).progress["images_seen"]
     session = LocalSession(trained_run)
-    outcome = train(tiny_config(face_dir), session)
+    outcome = train(tiny_config(face_shards), session)
     assert outcome.networks.images_seen == before
     assert session.history == []
 
 
-def test_bf16_channels_last_path_trains(tmp_path, face_dir):
-    config = tiny_config(face_dir, precision="bf16", channels_last=True)
+def test_bf16_channels_last_path_trains(tmp_path, face_shards):
+    config = tiny_config(face_shards, precision="bf16", channels_last=True)
     outcome = train(config, LocalSession(tmp_path))
     assert outcome.networks.images_seen == total_images(config.schedule)
     assert all(math.isfinite(v) for v in outcome.summary.values())
 
 
-def test_baseline_pioneer_mode_trains(tmp_path, face_dir):
-    config = tiny_config(face_dir)
+def test_baseline_pioneer_mode_trains(tmp_path, face_shards):
+    config = tiny_config(face_shards)
     config = replace(config, model=replace(config.model, mode="baseline"))
     outcome = train(config, LocalSession(tmp_path))
     assert outcome.networks.images_seen == total_images(config.schedule)

@@ -1,0 +1,115 @@
+"""Local paths and s3:// URIs behind one small interface (pyarrow filesystems).
+
+S3 endpoint, region and credentials come from the standard AWS environment variables
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, ...),
+which pyarrow's S3 client reads itself, so MinIO or Ceph users only set those.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class StorageError(OSError):
+    """A path or URI that cannot be read or written."""
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri)
+
+
+def filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3:// URI."""
+    uri = str(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    if not uri.startswith("s3://"):
+        raise StorageError(f"unsupported URI {uri!r}: use a local path or s3://bucket/prefix")
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except Exception as error:  # pyarrow raises ArrowInvalid / OSError for bad URIs
+        raise StorageError(f"cannot open {uri!r}: {error}") from None
+    return fs, path.rstrip("/")
+
+
+def join(uri: str | Path, *parts: str) -> str:
+    uri = str(uri)
+    if is_remote(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return str(Path(uri, *parts))
+
+
+def exists(uri: str | Path) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as error:
+        raise StorageError(f"cannot reach {uri}: {error}") from None
+
+
+def is_dir(uri: str | Path) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_files(uri: str | Path) -> list[tuple[str, int]]:
+    """(path relative to uri, size in bytes) of every file below uri, sorted by path."""
+    fs, root = filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError as error:
+        raise StorageError(f"cannot list {uri}: {error}") from None
+    files = [
+        (
+            posixpath.relpath(info.path, root)
+            if is_remote(str(uri))
+            else os.path.relpath(info.path, root),
+            info.size,
+        )
+        for info in infos
+        if info.type == pafs.FileType.File
+    ]
+    return sorted(files)
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write a whole file so that no reader ever sees part of it.
+
+    Local: a temp file in the same folder, then an atomic rename. S3: one PUT (or a
+    multipart upload), which S3 only makes visible once it is complete.
+    """
+    fs, path = filesystem(uri)
+    if is_remote(str(uri)):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(staging, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def delete(uri: str | Path) -> None:
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
