@@ -43,7 +43,9 @@ def bench_config(resolution: int, images: int) -> Config:
         Phase(4 * 2**i, 0, BATCH if i < phases - 1 else images, BATCH, 0.001) for i in range(phases)
     )
     # The bundled shards stop at 32 px; above that, the bundled JPEGs (decoded in memory).
-    data = base.data if resolution <= 32 else replace(base.data, path=str(BUNDLED_CELEBA / "images"))
+    data = (
+        base.data if resolution <= 32 else replace(base.data, path=str(BUNDLED_CELEBA / "images"))
+    )
     return replace(
         base,
         name=f"bench{resolution}",
