@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py $(ARGS)
+	$(PY) bench/data_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as error:
         print(f"pioneer: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\npioneer: interrupted; the same command resumes where it stopped", file=sys.stderr)
+        return 130
     print(out)
     return 0
 

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import posixpath
+import signal
 import sys
 import time
 from collections import Counter
@@ -180,9 +181,11 @@ def plan_hash(entries: list[Entry], options: PrepareOptions, names: list[str]) -
 _counter: Any = None  # images done, shared with the parent for the progress bar
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, worker: bool = False) -> None:
     global _counter
     _counter = counter
+    if worker:  # Ctrl-C goes to the parent, which stops the pool; a started shard completes
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _tick() -> None:
@@ -358,7 +361,8 @@ def prepare(src: str, out: str, options: PrepareOptions, log: Any = None) -> dic
     elif todo:
         context = multiprocessing.get_context("fork")
         counter = context.Value("q", 0)
-        with ProcessPoolExecutor(workers, context, _init_worker, (counter,)) as pool:
+        pool = ProcessPoolExecutor(workers, context, _init_worker, (counter, True))
+        try:
             pending = {
                 pool.submit(write_shard, src, out, i, chunks[i], options, names, hashes[i])
                 for i in todo
@@ -370,6 +374,8 @@ def prepare(src: str, out: str, options: PrepareOptions, log: Any = None) -> dic
                     results[result.index] = result
                     skipped_so_far += len(result.stats["skipped"])
                 bar.show(counter.value, skipped_so_far)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     if todo:
         bar.show(bar.total, skipped_so_far, final=True)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pioneer.config import DataConfig
+from pioneer.config import DataConfig, preset
 from pioneer.data import DataError
 from pioneer.dataset import FolderDataset, Stream, check_data, open_dataset
 from pioneer.prepare import PrepareOptions, prepare
@@ -130,3 +130,15 @@ def test_unusable_data_is_refused_with_a_clear_reason(tmp_path, face_shards):
     (changed / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(DataError, match="not a pioneer prepare manifest"):
         check_data(DataConfig(path=str(changed)), (4,))
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "celeba64"])
+def test_presets_find_their_bundled_data(name):
+    config = preset(name)
+    check_data(config.data, tuple(p.resolution for p in config.schedule))
+
+
+def test_the_paper_preset_asks_for_a_prepared_dataset():
+    config = preset("celebahq256")
+    with pytest.raises(DataError, match=r"needs \[64, 128, 256\]: re-run `pioneer prepare`"):
+        check_data(config.data, tuple(p.resolution for p in config.schedule))
