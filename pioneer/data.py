@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pioneer.transform import IMAGE_SUFFIXES, ImageSkip, decode, resize
 
@@ -50,10 +49,3 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 [0, 255], clamped."""
     return images.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def downsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Box-filter (N, 3, S, S) down to (N, 3, R, R); S/R is a power of two."""
-    if images.shape[-1] == resolution:
-        return images
-    return F.interpolate(images, size=(resolution, resolution), mode="area")

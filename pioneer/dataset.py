@@ -114,7 +114,12 @@ class PreparedDataset(Dataset):
         uri = storage.join(self.path, entry["path"])
         try:
             fs, inside = storage.filesystem(uri)
-            table = pq.read_table(inside, columns=[image_column(resolution)], filesystem=fs)
+            table = pq.read_table(
+                inside,
+                columns=[image_column(resolution)],
+                filesystem=fs,
+                page_checksum_verification=True,  # a damaged shard fails loudly, not as noise
+            )
         except Exception as error:  # pyarrow raises OSError / ArrowInvalid for bad files
             raise DataError(f"cannot read shard {uri}: {error}; re-run `pioneer prepare`") from None
         if table.num_rows != entry["rows"]:

@@ -206,3 +206,23 @@ def test_bad_sources_and_attribute_files_are_clear_errors(tmp_path, face_dir, ca
     assert main(["prepare", str(face_dir), str(tmp_path / "o"), "--resolutions", "4,x"]) == 1
     assert "--resolutions must be comma-separated integers" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written for a job that could not start
+
+
+def test_a_damaged_shard_is_redone_on_resume_and_refused_by_readers(tmp_path, face_dir):
+    from pioneer.config import DataConfig
+    from pioneer.data import DataError
+    from pioneer.dataset import open_dataset
+
+    out = tmp_path / "out"
+    options = PrepareOptions((4, 8), shard_size=24, workers=1)
+    first = prepare(str(face_dir), str(out), options)
+    shard = out / first["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the pixel pages, footer intact
+    shard.write_bytes(bytes(data))
+    dataset = open_dataset(DataConfig(path=str(out), holdout=8), (4, 8))
+    with pytest.raises(DataError, match="cannot read shard"):
+        dataset.read(0, 8)
+    again = prepare(str(face_dir), str(out), options)
+    assert again["reused_images"] == 24  # the intact shard only
+    assert again["shards"] == first["shards"]  # the damaged one rewritten, byte for byte
