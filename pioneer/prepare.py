@@ -23,7 +23,6 @@ import os
 import posixpath
 import signal
 import sys
-import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pioneer import storage
+from pioneer.progress import ProgressBar
 from pioneer.transform import IMAGE_SUFFIXES, ImageSkip, transform
 
 FORMAT = "pioneer-shards"
@@ -286,37 +286,6 @@ def verify_shard(out: str, index: int, expected_hash: str) -> ShardResult | None
 # The whole job.
 
 
-class ProgressBar:
-    """images/s and ETA on one line of stderr (a line every 10 s when not a terminal)."""
-
-    def __init__(self, total: int, stream: Any = None):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-        self.last = 0.0
-        self.shown = -1  # images done at the last line printed
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def show(self, done: int, skipped: int, final: bool = False) -> None:
-        now = time.perf_counter()
-        if done == self.shown or (not final and now - self.last < (0.5 if self.tty else 10.0)):
-            return
-        self.last, self.shown = now, done
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "--"
-        width = 24
-        filled = int(width * done / max(1, self.total))
-        line = (
-            f"prepare [{'#' * filled}{'.' * (width - filled)}] {done:,}/{self.total:,} "
-            f"{rate:,.0f} img/s ETA {eta_text} | {skipped:,} skipped"
-        )
-        end = "\n" if final or not self.tty else ""
-        self.stream.write(("\r" if self.tty else "") + line + end)
-        self.stream.flush()
-
-
 def prepare(src: str, out: str, options: PrepareOptions, log: Any = None) -> dict[str, Any]:
     """Run (or resume) a prepare job; returns the manifest it wrote."""
     options.validate()
@@ -346,7 +315,7 @@ def prepare(src: str, out: str, options: PrepareOptions, log: Any = None) -> dic
     if results:
         print(f"prepare: resuming, {len(results)} of {len(chunks)} shards already done", file=log)
 
-    bar = ProgressBar(sum(len(chunks[i]) for i in todo), log)
+    bar = ProgressBar("prepare", sum(len(chunks[i]) for i in todo), log)
     workers = min(options.workers or os.cpu_count() or 1, max(1, len(todo)))
     skipped_so_far = 0
     if workers == 1:
