@@ -1,6 +1,7 @@
 """`pioneer` command line: prepare datasets; sample, reconstruct and interpolate from a checkpoint.
 
     pioneer prepare SRC OUT --resolutions 4,8,16,32,64 [--attributes FILE] [--crop face]
+    pioneer eval CKPT [--data PATH] --metrics psnr,ssim,ms_swd,probe,fid,lpips,ppl --out m.json
     pioneer sample CKPT --n 16 --seed 0 --out samples.png
     pioneer reconstruct CKPT IMAGE... --out recon.png
     pioneer interpolate CKPT IMAGE_A IMAGE_B --steps 8 --out path.png
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pioneer.checkpoint import CheckpointError
+from pioneer.evaluation import EvalOptions
 from pioneer.prepare import PrepareOptions
 
 
@@ -46,6 +48,26 @@ def _parser() -> argparse.ArgumentParser:
         "--upscale", action="store_true", help="upscale small images instead of skipping them"
     )
     prepare.add_argument("--max-aspect", type=float, default=defaults.max_aspect)
+
+    options = EvalOptions()
+    evaluate = commands.add_parser("eval", help="metrics of a checkpoint and its baselines")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--data", help="prepared dataset or image folder (default: the run's)")
+    evaluate.add_argument("--attributes", help="CelebA-style attribute file (image folders)")
+    evaluate.add_argument("--metrics", default=",".join(options.metrics), help="comma-separated")
+    evaluate.add_argument("--out", default="metrics.json")
+    evaluate.add_argument("--images", type=int, default=options.images, help="N for FID, MS-SWD")
+    evaluate.add_argument("--ppl-samples", type=int, default=options.ppl_samples)
+    evaluate.add_argument("--probe-images", type=int, default=options.probe_images)
+    evaluate.add_argument("--batch", type=int, default=options.batch)
+    evaluate.add_argument("--seed", type=int, default=options.seed)
+    evaluate.add_argument("--no-baselines", action="store_true", help="skip mean face and PCA")
+    evaluate.add_argument("--inception-weights", help="Inception-v3 weights file (FID)")
+    evaluate.add_argument("--lpips-weights", help="LPIPS backbone weights file (LPIPS, PPL)")
+    evaluate.add_argument(
+        "--lpips-net", default=options.lpips_net, choices=("alex", "vgg", "squeeze")
+    )
+    evaluate.add_argument("--device", default=options.device, choices=("auto", "cpu", "cuda"))
 
     sample = commands.add_parser("sample", help="a grid of random faces")
     sample.add_argument("checkpoint")
@@ -97,9 +119,49 @@ def _prepare(args: argparse.Namespace) -> str:
     return args.out
 
 
+def _eval(args: argparse.Namespace) -> str:
+    from pioneer.evaluation import evaluate_checkpoint
+    from pioneer.images import atomic_write_text
+
+    options = EvalOptions(
+        metrics=tuple(m for m in args.metrics.split(",") if m),
+        images=args.images,
+        ppl_samples=args.ppl_samples,
+        probe_images=args.probe_images,
+        batch=args.batch,
+        seed=args.seed,
+        baselines=not args.no_baselines,
+        inception_weights=args.inception_weights,
+        lpips_weights=args.lpips_weights,
+        lpips_net=args.lpips_net,
+        device=args.device,
+    )
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.attributes, options)
+    atomic_write_text(args.out, json.dumps(report, indent=1))
+    subjects = report["subjects"]
+    keys = [k for k in next(iter(subjects.values())) if not k.startswith("probe_")]
+    keys += [k for k in ("probe_accuracy", "probe_majority") if k in next(iter(subjects.values()))]
+    print(f"{'':>16}" + "".join(f"{name:>12}" for name in subjects), file=sys.stderr)
+    for key in dict.fromkeys(keys):
+        row = "".join(f"{subjects[n].get(key, float('nan')):12.4g}" for n in subjects)
+        print(f"{key:>16}{row}", file=sys.stderr)
+    for name, value in report["reference"].items():
+        print(f"{name:>16}{value:12.4g}  (real vs real)", file=sys.stderr)
+    if report["errors"]:
+        lines = "; ".join(f"{k}: {v}" for k, v in report["errors"].items())
+        raise MetricFailed(f"{lines} (the other metrics are in {args.out})")
+    return args.out
+
+
+class MetricFailed(RuntimeError):
+    pass
+
+
 def _run(args: argparse.Namespace) -> Path | str:
     if args.command == "prepare":
         return _prepare(args)
+    if args.command == "eval":
+        return _eval(args)
     from pioneer.api import Pioneer
     from pioneer.images import save_grid
 
@@ -129,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         out = _run(args)
-    except (CheckpointError, ValueError, OSError) as error:
+    except (CheckpointError, ValueError, OSError, MetricFailed) as error:
         print(f"pioneer: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

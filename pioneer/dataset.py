@@ -16,18 +16,27 @@ from __future__ import annotations
 import io
 import json
 import logging
+import posixpath
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from pioneer import storage
 from pioneer.config import DataConfig
 from pioneer.data import DataError, list_images, seed_of, to_unit_range
-from pioneer.prepare import FORMAT, MANIFEST, image_column, images_of
+from pioneer.prepare import (
+    FORMAT,
+    MANIFEST,
+    attribute_column,
+    image_column,
+    images_of,
+    read_attributes,
+)
 from pioneer.transform import ImageSkip, transform
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,26 @@ class Dataset:
 
     def read(self, shard: int, resolution: int) -> np.ndarray:
         raise NotImplementedError
+
+    def sources(self) -> list[str]:
+        """Each row's source file (path below the data root)."""
+        raise NotImplementedError
+
+    def attributes(self, attributes_file: str | None = None) -> tuple[list[str], np.ndarray]:
+        """(names, int8 (rows, A) of +1 / -1, 0 unknown): from a CelebA-style file matched by
+        source file name, else from a prepared dataset's attribute columns."""
+        if attributes_file:
+            names, table = read_attributes(attributes_file)
+            labels = np.zeros((self.rows, len(names)), np.int8)
+            for row, source in enumerate(self.sources()):
+                values = table.get(source) or table.get(posixpath.basename(source))
+                if values is not None:
+                    labels[row] = values
+            return names, labels
+        return self._own_attributes()
+
+    def _own_attributes(self) -> tuple[list[str], np.ndarray]:
+        return [], np.zeros((self.rows, 0), np.int8)
 
     def check_resolutions(self, needed: tuple[int, ...]) -> None:
         missing = sorted(set(needed) - set(self.resolutions))
@@ -129,6 +158,28 @@ class PreparedDataset(Dataset):
             )
         return images_of(table, resolution)
 
+    def _columns(self, columns: list[str]) -> list[pa.Table]:
+        tables = []
+        for entry in self.manifest["shards"]:
+            fs, inside = storage.filesystem(storage.join(self.path, entry["path"]))
+            tables.append(pq.read_table(inside, columns=columns, filesystem=fs))
+        return tables
+
+    def sources(self) -> list[str]:
+        return [s for t in self._columns(["source"]) for s in t.column("source").to_pylist()]
+
+    def _own_attributes(self) -> tuple[list[str], np.ndarray]:
+        names = list(self.manifest.get("attributes", []))
+        if not names:
+            return [], np.zeros((self.rows, 0), np.int8)
+        tables = self._columns([attribute_column(n) for n in names])
+        columns = [
+            np.concatenate([t.column(i).to_numpy(zero_copy_only=False) for t in tables])
+            for i in range(len(names))
+        ]
+        labels = np.nan_to_num(np.stack(columns, axis=1).astype(np.float64), nan=0.0)
+        return names, labels.astype(np.int8)
+
 
 class FolderDataset(Dataset):
     """A plain image folder, decoded once at every needed resolution (small datasets)."""
@@ -137,6 +188,7 @@ class FolderDataset(Dataset):
         files = list_images(path)
         images: dict[int, list[np.ndarray]] = {r: [] for r in resolutions}
         self.skipped = 0
+        self.files: list[str] = []  # loaded files, relative to the folder
         for file in files:
             try:
                 result = transform(Path(file).read_bytes(), crop, resolutions, upscale=True)
@@ -146,6 +198,7 @@ class FolderDataset(Dataset):
                 continue
             for size, array in result.images.items():
                 images[size].append(array)
+            self.files.append(Path(file).relative_to(path).as_posix())
         count = len(images[resolutions[0]])
         self.arrays = {
             r: np.stack(v) if v else np.zeros((0, r, r, 3), np.uint8) for r, v in images.items()
@@ -158,6 +211,9 @@ class FolderDataset(Dataset):
 
     def read(self, shard: int, resolution: int) -> np.ndarray:
         return self.arrays[resolution]
+
+    def sources(self) -> list[str]:
+        return list(self.files)
 
 
 def read_manifest(path: str) -> dict | None:

@@ -93,7 +93,7 @@ def inception(weights: str | None = None) -> nn.Module:
         return FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
         )
-    except (RuntimeError, OSError, KeyError) as error:
+    except Exception as error:  # torch.load and load_state_dict raise many kinds
         raise WeightsMissing(f"{path} is not a usable {INCEPTION.what} file: {error}") from None
 
 
@@ -113,7 +113,7 @@ def lpips(net: str = "alex", weights: str | None = None) -> nn.Module:
     backbone = factory()
     try:
         backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, KeyError) as error:
+    except Exception as error:  # torch.load and load_state_dict raise many kinds
         raise WeightsMissing(f"{path} is not a usable {net} backbone file: {error}") from None
     model = lpips_package.LPIPS(net=net, pnet_rand=True, verbose=False)  # no download
     load_backbone(model, backbone.features)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -25,19 +27,27 @@ def grid_image(images: torch.Tensor, nrow: int, min_tile: int = 64) -> Image.Ima
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (temp file + rename)."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file atomically: write(handle) into a temp file beside it, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
+            write(handle)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:

@@ -121,22 +121,27 @@ def sliced_wasserstein(
     return total / directions
 
 
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash(parts) & 0x7FFF_FFFF)
+
+
 def ms_swd(
     x: torch.Tensor,
     y: torch.Tensor,
     seed: int = 0,
     per_image: int = 128,
-    max_descriptors: int = 2**17,
+    max_descriptors: int = 2**16,
 ) -> dict[str, float]:
     """MS-SWD x 1e3 per pyramid level (finest first) and their mean, for two image sets."""
-    generator = torch.Generator().manual_seed(seed)
     per_image = max(1, min(per_image, max_descriptors // max(1, min(len(x), len(y)))))
     out = {}
     levels_x, levels_y = laplacian_pyramid(x.float()), laplacian_pyramid(y.float())
-    for level_x, level_y in zip(levels_x, levels_y, strict=True):
-        a = _normalise(patch_descriptors(level_x, per_image, generator))
-        b = _normalise(patch_descriptors(level_y, per_image, generator))
-        out[f"{level_x.shape[-1]}px"] = 1e3 * sliced_wasserstein(a, b, generator)
+    for depth, (level_x, level_y) in enumerate(zip(levels_x, levels_y, strict=True)):
+        # The same patch positions in both sets, so only the images differ, not the draw.
+        a = _normalise(patch_descriptors(level_x, per_image, _generator(seed, depth)))
+        b = _normalise(patch_descriptors(level_y, per_image, _generator(seed, depth)))
+        directions = _generator(seed, depth, 1)
+        out[f"{level_x.shape[-1]}px"] = 1e3 * sliced_wasserstein(a, b, directions)
     out["mean"] = sum(out.values()) / len(levels_x)
     return out
 
