@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pioneer import checkpoint
 from pioneer.config import Config
+from pioneer.editing import VECTORS_FILE, AttributeVectors, edit_codes
 from pioneer.images import read_images
 from pioneer.model import Decoder, Encoder
 from pioneer.sampling import interpolation_fractions, sample_latents, slerp
@@ -33,6 +34,7 @@ class Pioneer:
         alpha: float,
         images_seen: int = 0,
         device: str | torch.device = "cpu",
+        checkpoint_dir: Path | None = None,
     ):
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval().requires_grad_(False)
@@ -41,6 +43,8 @@ class Pioneer:
         self.phase = phase
         self.alpha = alpha
         self.images_seen = images_seen
+        self.checkpoint_dir = checkpoint_dir  # where it was loaded from, if anywhere
+        self.attribute_vectors: AttributeVectors | None = None  # for edit(); see load_attributes
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Pioneer:
@@ -58,6 +62,7 @@ class Pioneer:
             alpha=float(progress["alpha"]),
             images_seen=int(progress["images_seen"]),
             device=device,
+            checkpoint_dir=loaded.path,
         )
 
     @property
@@ -106,6 +111,35 @@ class Pioneer:
             if z.numel() != self.latent_size:
                 raise ValueError(f"{name} must hold {self.latent_size} values, got {z.numel()}")
         return self.decode(slerp(z0, z1, interpolation_fractions(steps)))
+
+    def load_attributes(self, path: str | Path | None = None) -> AttributeVectors:
+        """Attribute vectors for edit(): a file from `pioneer attributes`, by default the one
+        saved beside the checkpoint. Refused when made for another checkpoint."""
+        if path is None:
+            if self.checkpoint_dir is None or not (self.checkpoint_dir / VECTORS_FILE).exists():
+                raise ValueError(
+                    "no attribute vectors beside the checkpoint: run `pioneer attributes` first"
+                )
+            path = self.checkpoint_dir / VECTORS_FILE
+        expected = checkpoint.identity(self.checkpoint_dir) if self.checkpoint_dir else None
+        self.attribute_vectors = AttributeVectors.load(path, expected)
+        return self.attribute_vectors
+
+    def edit(
+        self,
+        x: torch.Tensor,
+        attribute: str | torch.Tensor | dict[str, float],
+        strength: float = 1.0,
+    ) -> torch.Tensor:
+        """Eq. 6: decode phi(x) + strength * v for an attribute's vector v.
+
+        attribute: a name (vectors from load_attributes, loaded on first use), a vector
+        (latent_size,), or {name: strength} for several at once. Strengths lie in [-2, 2].
+        """
+        if isinstance(attribute, (str, dict)) and self.attribute_vectors is None:
+            self.load_attributes()
+        z = self.encode(x)
+        return self.decode(edit_codes(z, attribute, strength, self.attribute_vectors))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:

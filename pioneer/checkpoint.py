@@ -12,6 +12,7 @@ the most images seen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -126,6 +127,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
             f"checkpoint {str(path)!r} has unknown format {progress.get('format')}"
         )
     return Loaded(path=path, config=config, progress=progress, state=state)
+
+
+def identity(path: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights file: what derived files (attribute vectors) bind to."""
+    digest = hashlib.sha256()
+    with open(resolve(path) / "state.pt", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def prune(run_dir: str | Path, keep: int) -> None:

@@ -2,6 +2,8 @@
 
     pioneer prepare SRC OUT --resolutions 4,8,16,32,64 [--attributes FILE] [--crop face]
     pioneer eval CKPT [--data PATH] --metrics psnr,ssim,ms_swd,probe,fid,lpips,ppl --out m.json
+    pioneer attributes CKPT [--data PATH] [--attributes FILE] [--per-set 64] [--out FILE]
+    pioneer edit CKPT IMAGE --attribute Smiling[=1.5] [--attribute ...] [--vectors FILE] --out e.png
     pioneer sample CKPT --n 16 --seed 0 --out samples.png
     pioneer reconstruct CKPT IMAGE... --out recon.png
     pioneer interpolate CKPT IMAGE_A IMAGE_B --steps 8 --out path.png
@@ -68,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
         "--lpips-net", default=options.lpips_net, choices=("alex", "vgg", "squeeze")
     )
     evaluate.add_argument("--device", default=options.device, choices=("auto", "cpu", "cuda"))
+
+    attributes = commands.add_parser("attributes", help="attribute vectors for editing (Eq. 6)")
+    attributes.add_argument("checkpoint")
+    attributes.add_argument("--data", help="prepared dataset or image folder (default: the run's)")
+    attributes.add_argument("--attributes", help="CelebA-style attribute file (image folders)")
+    attributes.add_argument("--per-set", type=int, default=64, help="images with / without each")
+    attributes.add_argument("--seed", type=int, default=0)
+    attributes.add_argument("--out", help="default: attributes.pt beside the checkpoint")
+
+    edit = commands.add_parser("edit", help="input, reconstruction and attribute edits")
+    edit.add_argument("checkpoint")
+    edit.add_argument("image")
+    edit.add_argument(
+        "--attribute", action="append", required=True, help="NAME or NAME=STRENGTH, repeatable"
+    )
+    edit.add_argument("--strength", type=float, default=1.0, help="for names without =STRENGTH")
+    edit.add_argument("--vectors", help="attribute file (default: the one beside the checkpoint)")
+    edit.add_argument("--out", default="edit.png")
 
     sample = commands.add_parser("sample", help="a grid of random faces")
     sample.add_argument("checkpoint")
@@ -157,11 +177,82 @@ class MetricFailed(RuntimeError):
     pass
 
 
+def _attributes(args: argparse.Namespace) -> str:
+    import numpy as np
+
+    from pioneer import checkpoint
+    from pioneer.api import Pioneer
+    from pioneer.config import DataConfig
+    from pioneer.data import to_unit_range
+    from pioneer.dataset import open_dataset
+    from pioneer.editing import VECTORS_FILE, AttributeVectors, attribute_vectors
+
+    if args.per_set < 1:
+        raise ValueError(f"--per-set must be >= 1, got {args.per_set}")
+    model = Pioneer.from_checkpoint(args.checkpoint)
+    trained = model.config.data
+    data = DataConfig(path=args.data or trained.path, crop=trained.crop, holdout=trained.holdout)
+    dataset = open_dataset(data, (model.resolution,))
+    names, labels = dataset.attributes(args.attributes)
+    if not names:
+        raise ValueError(f"{dataset.description} has no attribute columns: pass --attributes FILE")
+    rows = labels[: dataset.train_rows]  # the held-out rows stay unseen
+
+    def images(ids: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(dataset.gather(ids, model.resolution))
+        return to_unit_range(pixels.permute(0, 3, 1, 2))
+
+    used, vectors, counts, skipped = attribute_vectors(
+        model.encode, images, rows, names, args.per_set, args.seed
+    )
+    identity = checkpoint.identity(model.checkpoint_dir)
+    out = Path(args.out) if args.out else model.checkpoint_dir / VECTORS_FILE
+    AttributeVectors(used, vectors, counts, identity).save(out)
+    print(f"attributes: {len(used)} vectors from up to {args.per_set} images each", file=sys.stderr)
+    if skipped:
+        print(
+            f"attributes: skipped, no images with or without: {', '.join(skipped)}", file=sys.stderr
+        )
+    return str(out)
+
+
+def _edits(args: argparse.Namespace) -> dict[str, float]:
+    edits = {}
+    for item in args.attribute:
+        name, _, value = item.partition("=")
+        try:
+            edits[name] = float(value) if value else args.strength
+        except ValueError:
+            raise ValueError(f"--attribute {item!r}: the strength must be a number") from None
+    return edits
+
+
+def _edit(args: argparse.Namespace) -> Path:
+    from pioneer.api import Pioneer
+    from pioneer.images import save_grid
+
+    if not Path(args.image).is_file():
+        raise ValueError(f"image {args.image!r} does not exist")
+    model = Pioneer.from_checkpoint(args.checkpoint)
+    model.load_attributes(args.vectors)
+    edits = _edits(args)
+    x = model.load_images([args.image])
+    rows = [x, model.reconstruct(x)]
+    rows += [model.edit(x, name, amount) for name, amount in edits.items()]
+    if len(edits) > 1:
+        rows.append(model.edit(x, edits))  # all of them at once
+    return save_grid(torch.cat(rows), args.out, nrow=len(rows))
+
+
 def _run(args: argparse.Namespace) -> Path | str:
     if args.command == "prepare":
         return _prepare(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "attributes":
+        return _attributes(args)
+    if args.command == "edit":
+        return _edit(args)
     from pioneer.api import Pioneer
     from pioneer.images import save_grid
 
