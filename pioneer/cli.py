@@ -4,6 +4,7 @@
     pioneer eval CKPT [--data PATH] --metrics psnr,ssim,ms_swd,probe,fid,lpips,ppl --out m.json
     pioneer attributes CKPT [--data PATH] [--attributes FILE] [--per-set 64] [--out FILE]
     pioneer edit CKPT IMAGE --attribute Smiling[=1.5] [--attribute ...] [--vectors FILE] --out e.png
+    pioneer figures CKPT [--data PATH] [--attributes FILE] --out DIR
     pioneer sample CKPT --n 16 --seed 0 --out samples.png
     pioneer reconstruct CKPT IMAGE... --out recon.png
     pioneer interpolate CKPT IMAGE_A IMAGE_B --steps 8 --out path.png
@@ -24,6 +25,7 @@ import torch
 
 from pioneer.checkpoint import CheckpointError
 from pioneer.evaluation import EvalOptions
+from pioneer.figures import DEFAULT_EDITS
 from pioneer.prepare import PrepareOptions
 
 
@@ -88,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--strength", type=float, default=1.0, help="for names without =STRENGTH")
     edit.add_argument("--vectors", help="attribute file (default: the one beside the checkpoint)")
     edit.add_argument("--out", default="edit.png")
+
+    figures = commands.add_parser("figures", help="the paper's figures for a checkpoint")
+    figures.add_argument("checkpoint")
+    figures.add_argument("--data", help="prepared dataset or image folder (default: the run's)")
+    figures.add_argument("--attributes", help="CelebA-style attribute file (image folders)")
+    figures.add_argument("--edits", default=",".join(DEFAULT_EDITS), help="attributes to show")
+    figures.add_argument("--seed", type=int, default=0)
+    figures.add_argument("--out", default="figures")
 
     sample = commands.add_parser("sample", help="a grid of random faces")
     sample.add_argument("checkpoint")
@@ -216,6 +226,23 @@ def _attributes(args: argparse.Namespace) -> str:
     return str(out)
 
 
+def _figures(args: argparse.Namespace) -> str:
+    from pioneer.api import Pioneer
+    from pioneer.config import DataConfig
+    from pioneer.dataset import open_dataset
+    from pioneer.figures import write_figures
+
+    model = Pioneer.from_checkpoint(args.checkpoint)
+    trained = model.config.data
+    data = DataConfig(path=args.data or trained.path, crop=trained.crop, holdout=trained.holdout)
+    dataset = open_dataset(data, (model.resolution,))
+    edits = tuple(n for n in args.edits.split(",") if n)
+    written = write_figures(model, dataset, args.out, args.attributes, edits, args.seed)
+    for name, path in written.items():
+        print(f"figures: {name}: {path}", file=sys.stderr)
+    return args.out
+
+
 def _edits(args: argparse.Namespace) -> dict[str, float]:
     edits = {}
     for item in args.attribute:
@@ -253,6 +280,8 @@ def _run(args: argparse.Namespace) -> Path | str:
         return _attributes(args)
     if args.command == "edit":
         return _edit(args)
+    if args.command == "figures":
+        return _figures(args)
     from pioneer.api import Pioneer
     from pioneer.images import save_grid
 

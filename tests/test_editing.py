@@ -76,3 +76,33 @@ def test_vectors_of_another_checkpoint_are_refused(run, face_shards):
 def test_attributes_needs_labels(run, face_dir, capsys):
     assert main(["attributes", str(run), "--data", str(face_dir)]) == 1
     assert "has no attribute columns: pass --attributes FILE" in capsys.readouterr().err
+
+
+def test_figures_writes_every_figure_as_a_png_of_the_expected_size(run, face_shards, tmp_path):
+    from pioneer.config import DataConfig
+    from pioneer.dataset import open_dataset
+    from pioneer.figures import write_figures
+
+    model = Pioneer.from_checkpoint(run)
+    dataset = open_dataset(DataConfig(path=str(face_shards), holdout=8), (16,))
+    written = write_figures(model, dataset, tmp_path / "figures")
+    chosen = written.pop("attribute_names").split(",")
+    tile = 64 + 2  # 16 px tiles are shown at 64 px, with 2 px of padding
+    expected = {
+        "samples": (8, 4),
+        "reconstructions": (8, 2),
+        "interpolation": (8, 8),
+        "attributes": (2 + len(chosen), 4),
+        "attribute_sweep": (10, 1),
+    }
+    assert set(written) == set(expected) | {"kl_traces"}
+    for name, (columns, rows) in expected.items():
+        with Image.open(written[name]) as image:
+            image.verify()
+        with Image.open(written[name]) as image:
+            assert image.format == "PNG" and image.size == (columns * tile + 2, rows * tile + 2)
+    with Image.open(written["kl_traces"]) as image:
+        assert image.format == "PNG" and image.size == (840, 420)
+    assert (
+        main(["figures", str(run), "--data", str(face_shards), "--out", str(tmp_path / "f")]) == 0
+    )
