@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py $(ARGS)
 	$(PY) bench/data_throughput.py
+	$(PY) bench/eval_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)
