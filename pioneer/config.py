@@ -60,6 +60,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     threads: int = 0  # torch intra-op threads per worker (0: cores / workers)
     report_images: int = 4_000  # report metrics every this many images seen
+    eval_every_images: int = 0  # run eval_metrics (rank 0) every this many images (0: off)
+    eval_metrics: tuple[str, ...] = ("psnr", "ssim", "ms_swd")  # names as in `pioneer eval`
+    eval_images: int = 1_000  # N for periodic FID / MS-SWD (samples and training images)
     checkpoint_images: int = 50_000  # checkpoint every this many images (and at phase ends)
     keep_checkpoints: int = 3  # checkpoints kept in the run dir (latest ones)
     grid_size: int = 8  # samples / reconstructions per grid row
@@ -140,6 +143,8 @@ def validate(config: Config) -> None:
         raise ConfigError("train.decoder_steps must be >= 1")
     if config.train.ema_halflife_images <= 0:
         raise ConfigError("train.ema_halflife_images must be > 0")
+    if config.train.eval_every_images < 0 or config.train.eval_images < 2:
+        raise ConfigError("train.eval_every_images must be >= 0 and train.eval_images >= 2")
 
 
 # Dotted overrides and JSON.

@@ -169,6 +169,11 @@ class PreparedDataset(Dataset):
         return [s for t in self._columns(["source"]) for s in t.column("source").to_pylist()]
 
     def _own_attributes(self) -> tuple[list[str], np.ndarray]:
+        if not hasattr(self, "_labels"):
+            self._labels = self._read_attributes()
+        return self._labels
+
+    def _read_attributes(self) -> tuple[list[str], np.ndarray]:
         names = list(self.manifest.get("attributes", []))
         if not names:
             return [], np.zeros((self.rows, 0), np.int8)

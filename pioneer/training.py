@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -171,6 +172,8 @@ def train(config: Config, session: Session) -> Outcome:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(config.train.threads or max(1, (cores or 1) // session.local_world_size))
     rank0 = session.rank == 0
+    if config.train.eval_every_images:
+        check_eval(config)  # unknown metrics or missing weights fail now, not hours in
     total = total_images(config.schedule)
     latent_size = config.model.latent_size
     autocast = (
@@ -221,6 +224,7 @@ def train(config: Config, session: Session) -> Outcome:
         )
         return sample_latents(n, latent_size, generator, device)
 
+    eval_nets: dict[str, torch.nn.Module] = {}  # feature networks, loaded once
     sums: dict[str, torch.Tensor] = {}
     steps_in_window, window_images, window_start = 0, 0, time.perf_counter()
     quality: dict[str, float] = {}  # held-out figures at the latest checkpoint
@@ -257,7 +261,9 @@ def train(config: Config, session: Session) -> Outcome:
         crossed = _crossed(seen, batch, config.train.report_images)
         phase_done = seen >= now.phase_end or seen >= total
         save = phase_done or _crossed(seen, batch, config.train.checkpoint_images)
-        if not (crossed or save):
+        every = config.train.eval_every_images
+        evaluate = every > 0 and (_crossed(seen, batch, every) or seen >= total)
+        if not (crossed or save or evaluate):
             continue
         elapsed = time.perf_counter() - window_start
         metrics: dict[str, Any] = {
@@ -277,9 +283,11 @@ def train(config: Config, session: Session) -> Outcome:
                 f"{ {k: metrics[k] for k in step} }"
             )
         checkpoint_dir = None
-        if save:
+        if save or evaluate:
             power_iterate(nets.decoder_ema, iterations=10)  # settle the EMA's sigmas, all ranks
         if rank0:
+            if evaluate:
+                metrics.update(periodic_eval(nets, data, now, config, eval_nets))
             if save:
                 quality = heldout_quality(nets, data, now)
                 metrics.update(quality)
@@ -418,6 +426,81 @@ def _evaluating(*modules: nn.Module) -> Iterator[None]:
             module.train(mode)
 
 
+class _TrainingSubject:
+    """The nets being trained, as an evaluation subject (encoder + EMA decoder)."""
+
+    name = "model"
+
+    def __init__(self, nets: Networks, now: Progress, latent_size: int):
+        self.nets, self.now = nets, now
+        self.resolution, self.latent_size = now.resolution, latent_size
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        with _evaluating(self.nets.encoder):
+            return self.nets.encoder(x, self.now.phase, self.now.alpha).float()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(z.float(), dim=1)
+        return self.nets.decoder_ema(z, self.now.phase, self.now.alpha).float().clamp(-1, 1)
+
+
+def check_eval(config: Config) -> None:
+    """Refuse unknown periodic metrics, and metrics whose weights are not on this machine."""
+    from pioneer import features
+    from pioneer.evaluation import EvalOptions
+
+    EvalOptions(metrics=config.train.eval_metrics).validate()
+    if "fid" in config.train.eval_metrics:
+        features.find_weights(features.INCEPTION)
+    if {"lpips", "ppl"} & set(config.train.eval_metrics):
+        features.find_weights(features.LPIPS_BACKBONES[EvalOptions.lpips_net])
+
+
+def periodic_eval(
+    nets: Networks, data: Dataset, now: Progress, config: Config, cache: dict
+) -> dict[str, float]:
+    """train.eval_metrics on the current nets at the current resolution, as eval_* figures."""
+    from pioneer.evaluation import EvalOptions, Evaluator
+
+    n = config.train.eval_images
+    device = next(nets.encoder.parameters()).device
+    rows = np.arange(min(2 * n, data.train_rows))
+    names, labels = data.attributes()
+    as_nchw = lambda ids: torch.from_numpy(data.gather(ids, now.resolution)).permute(0, 3, 1, 2)  # noqa: E731
+    holdout_rows = np.arange(data.train_rows, data.rows)
+    ev = Evaluator(
+        train=as_nchw(rows).contiguous(),
+        holdout=data.holdout(now.resolution),
+        options=EvalOptions(
+            metrics=config.train.eval_metrics,
+            images=n,
+            probe_images=n,
+            ppl_samples=n,
+            device=device.type,
+        ),
+        attribute_names=names,
+        train_labels=torch.from_numpy(labels[rows]) if names else None,
+        holdout_labels=torch.from_numpy(labels[holdout_rows]) if names else None,
+        inception_net=cache.get("inception"),
+        lpips_net=cache.get("lpips"),
+    )
+    report = ev.run([_TrainingSubject(nets, now, config.model.latent_size)])
+    cache.update(inception=ev.inception_net, lpips=ev.lpips_net)
+    if report["errors"]:
+        raise RuntimeError(f"periodic evaluation failed: {report['errors']}")
+    figures = {
+        f"eval_{k}": v for k, v in report["subjects"]["model"].items() if not _per_attribute(k)
+    }
+    figures.update({f"eval_{k}": v for k, v in report["reference"].items()})
+    return figures
+
+
+def _per_attribute(key: str) -> bool:
+    return key.startswith("probe_") and key not in ("probe_accuracy", "probe_majority")
+
+
 @torch.no_grad()
 def heldout_quality(nets: Networks, data: Dataset, now: Progress) -> dict[str, float]:
     """PSNR of held-out reconstructions (EMA and live decoder) against the mean face."""
@@ -467,6 +550,9 @@ def _progress_line(m: dict[str, Any], total: int) -> str:
         f"{m['images_per_s']:6.1f} img/s | KL real {m['kl_real']:.3f} fake {m['kl_fake']:.3f} "
         f"gap {m['kl_gap']:+.3f} | L1 {m['l1']:.4f} | 1-cos {m['z_cos']:.4f}"
     )
+    shown = [k for k in m if k.startswith("eval_") and k.count("_") <= 2][:5]
+    if shown:
+        line += " | eval " + " ".join(f"{k[5:]} {m[k]:.4g}" for k in shown)
     if "heldout_psnr_ema" in m:
         line += (
             f" | held-out PSNR ema {m['heldout_psnr_ema']:.2f} live {m['heldout_psnr_live']:.2f}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from pioneer.config import PRESETS, ConfigError, apply_overrides, preset  # noqa: E402
+from pioneer.config import PRESETS, ConfigError, apply_overrides, preset, validate  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="run name (default: the preset's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    parser.add_argument(
+        "--eval-every",
+        type=float,
+        metavar="KIMG",
+        help="run train.eval_metrics every KIMG thousand images (sets train.eval_every_images)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -55,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             path = args.data if "://" in args.data else str(Path(args.data).resolve())
             config = replace(config, data=replace(config.data, path=path))
+        if args.eval_every is not None:
+            every = int(args.eval_every * 1000)
+            config = replace(config, train=replace(config.train, eval_every_images=every))
+            validate(config)
         if args.workers < 1:
             raise ConfigError("--workers must be >= 1")
     except ConfigError as error:
@@ -65,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # fail here, not inside a worker
         print(f"data: {check_data(config.data, tuple(p.resolution for p in config.schedule))}")
-    except (DataError, OSError) as error:
+        if config.train.eval_every_images:
+            from pioneer.training import check_eval
+
+            check_eval(config)
+    except (DataError, OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or Path("runs") / config.name).resolve()

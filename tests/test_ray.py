@@ -58,6 +58,7 @@ def test_train_script_runs_the_smoke_preset_and_resumes(tmp_path, face_shards):
         (["--set", "schedule.0.batch=zero"], "schedule.0.batch must be an integer"),
         (["--data", "/no/such/folder"], "does not exist"),
         (["--workers", "0"], "--workers must be >= 1"),
+        (["--eval-every", "1", "--set", 'train.eval_metrics=["nope"]'], "unknown metric(s)"),
     ],
 )
 def test_train_script_rejects_bad_input_before_starting_ray(args, message):

@@ -93,3 +93,38 @@ def test_baseline_pioneer_mode_trains(tmp_path, face_shards):
     outcome = train(config, LocalSession(tmp_path))
     assert outcome.networks.images_seen == total_images(config.schedule)
     assert all(math.isfinite(v) for v in outcome.summary.values())
+
+
+def test_periodic_evaluation_reports_the_chosen_metrics(tmp_path, face_shards):
+    config = tiny_config(
+        face_shards, eval_every_images=128, eval_metrics=("psnr", "ms_swd", "probe"), eval_images=16
+    )
+    reported = []
+
+    @dataclass
+    class Recording(LocalSession):
+        def report(self, metrics, checkpoint_dir):
+            reported.append(metrics)
+            super().report(metrics, checkpoint_dir)
+
+    train(config, Recording(tmp_path / "run"))
+    evaluated = [m for m in reported if "eval_psnr" in m]
+    assert [m["images_seen"] for m in evaluated] == [128, 256, 384]
+    for m in evaluated:
+        assert math.isfinite(m["eval_ms_swd"]) and m["eval_ms_swd_real"] > 0
+        assert 0 <= m["eval_probe_accuracy"] <= 1
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert lines.count("eval_psnr") == 3
+
+
+def test_periodic_metrics_needing_missing_weights_fail_before_training(
+    tmp_path, face_shards, monkeypatch
+):
+    from pioneer.features import WeightsMissing
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.delenv("PIONEER_INCEPTION_WEIGHTS", raising=False)
+    config = tiny_config(face_shards, eval_every_images=128, eval_metrics=("fid",))
+    with pytest.raises(WeightsMissing, match="weights-inception"):
+        train(config, LocalSession(tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
