@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from pioneer.progress import ProgressBar
 from pioneer.sampling import sample_latents
 
 
@@ -27,21 +28,38 @@ class Subject(Protocol):
         """(N, latent_size) -> (N, 3, R, R) in [-1, 1]."""
 
 
-def batched(function, x: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    """function over x in chunks on device, results concatenated on the CPU."""
-    return torch.cat([function(chunk.to(device)).float().cpu() for chunk in x.split(batch)])
+def batched(
+    function, x: torch.Tensor, batch: int, device: torch.device, label: str | None = None
+) -> torch.Tensor:
+    """function over x in chunks on device, results concatenated on the CPU; with a label,
+    a progress bar on stderr."""
+    bar = ProgressBar(label, len(x)) if label else None
+    out, done = [], 0
+    for chunk in x.split(batch):
+        out.append(function(chunk.to(device)).float().cpu())
+        done += len(chunk)
+        if bar:
+            bar.show(done, final=done == len(x))
+    return torch.cat(out)
 
 
 def reconstruct(
-    subject: Subject, x: torch.Tensor, batch: int, device: torch.device
+    subject: Subject, x: torch.Tensor, batch: int, device: torch.device, label: str | None = None
 ) -> torch.Tensor:
-    return batched(lambda c: subject.decode(subject.encode(c)), x, batch, device)
+    return batched(lambda c: subject.decode(subject.encode(c)), x, batch, device, label)
 
 
-def generate(subject: Subject, n: int, seed: int, batch: int, device: torch.device) -> torch.Tensor:
+def generate(
+    subject: Subject,
+    n: int,
+    seed: int,
+    batch: int,
+    device: torch.device,
+    label: str | None = None,
+) -> torch.Tensor:
     """n images decoded from latents uniform on the sphere (the same latents for all subjects)."""
     z = sample_latents(n, subject.latent_size, torch.Generator().manual_seed(seed))
-    return batched(subject.decode, z, batch, device)
+    return batched(subject.decode, z, batch, device, label)
 
 
 class ModelSubject:

@@ -174,14 +174,18 @@ def _reconstructions(subject: Subject, ev: Evaluator) -> tuple[torch.Tensor, tor
     key = f"recon/{subject.name}"
     if key not in ev._cache:
         x = ev.heldout()
-        ev._cache[key] = (x, reconstruct(subject, x, ev.options.batch, ev.device))
+        label = f"eval reconstruct {subject.name}"
+        ev._cache[key] = (x, reconstruct(subject, x, ev.options.batch, ev.device, label))
     return ev._cache[key]
 
 
 def _samples(subject: Subject, ev: Evaluator) -> torch.Tensor:
     key = f"samples/{subject.name}"
     if key not in ev._cache:
-        ev._cache[key] = generate(subject, ev.n, ev.options.seed, ev.options.batch, ev.device)
+        label = f"eval sample {subject.name}"
+        ev._cache[key] = generate(
+            subject, ev.n, ev.options.seed, ev.options.batch, ev.device, label
+        )
     return ev._cache[key]
 
 
@@ -249,7 +253,7 @@ def path_length(subject: Subject, ev: Evaluator) -> dict[str, float]:
     z0 = sample_latents(options.ppl_samples, subject.latent_size, generator)
     z1 = sample_latents(options.ppl_samples, subject.latent_size, generator)
     t = torch.rand(options.ppl_samples, generator=generator) * (1 - options.ppl_epsilon)
-    a = batched(subject.decode, slerp_pairs(z0, z1, t), options.batch, ev.device)
+    a = batched(subject.decode, slerp_pairs(z0, z1, t), options.batch, ev.device, "eval ppl")
     b = batched(
         subject.decode, slerp_pairs(z0, z1, t + options.ppl_epsilon), options.batch, ev.device
     )
@@ -266,7 +270,9 @@ def latent_probe(subject: Subject, ev: Evaluator) -> dict[str, float]:
         )
     count = min(ev.options.probe_images, len(ev.train))
     train_x = to_unit_range(ev.train[:count])
-    codes = batched(subject.encode, train_x, ev.options.batch, ev.device)
+    codes = batched(
+        subject.encode, train_x, ev.options.batch, ev.device, f"eval probe {subject.name}"
+    )
     held = batched(subject.encode, ev.heldout(), ev.options.batch, ev.device)
     accuracy, majority = linear_probe(
         codes,
