@@ -143,6 +143,8 @@ def validate(config: Config) -> None:
         raise ConfigError("train.decoder_steps must be >= 1")
     if config.train.ema_halflife_images <= 0:
         raise ConfigError("train.ema_halflife_images must be > 0")
+    if config.train.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints must be >= 1 (--keep)")
     if config.train.eval_every_images < 0 or config.train.eval_images < 2:
         raise ConfigError("train.eval_every_images must be >= 0 and train.eval_images >= 2")
 

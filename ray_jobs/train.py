@@ -36,6 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
     parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        help="restarts of the worker group after a worker dies (from the last checkpoint)",
+    )
+    parser.add_argument("--keep", type=int, help="latest checkpoints kept (train.keep_checkpoints)")
+    parser.add_argument(
         "--eval-every",
         type=float,
         metavar="KIMG",
@@ -61,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             path = args.data if "://" in args.data else str(Path(args.data).resolve())
             config = replace(config, data=replace(config.data, path=path))
+        if args.keep is not None:
+            config = replace(config, train=replace(config.train, keep_checkpoints=args.keep))
+            validate(config)
+        if args.max_failures < 0:
+            raise ConfigError("--max-failures must be >= 0")
         if args.eval_every is not None:
             every = int(args.eval_every * 1000)
             config = replace(config, train=replace(config.train, eval_every_images=every))
@@ -91,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": WORKER_ENV})
     started = time.perf_counter()
     try:
-        result = fit(config, run_dir, workers=args.workers, use_gpu=args.gpu)
+        result = fit(
+            config, run_dir, workers=args.workers, use_gpu=args.gpu, max_failures=args.max_failures
+        )
     except Exception as error:  # Ray wraps worker errors: the traceback, then the cause in one line
         lines = str(error).strip().splitlines() or [type(error).__name__]
         print("\n".join(lines), file=sys.stderr)

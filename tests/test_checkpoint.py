@@ -91,3 +91,37 @@ def test_bad_paths_give_clear_errors(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(CheckpointError, match="not a directory"):
         checkpoint.load(tmp_path / "file.txt")
+
+
+WRITER = """
+import sys, torch
+from pioneer import checkpoint
+from pioneer.config import preset
+run, config = sys.argv[1], preset("smoke")
+state = {"weights": torch.randn(4_000_000)}  # 16 MB: each write takes a while
+for i in range(1, 10_000):
+    state["images_seen"] = i
+    checkpoint.save(f"{run}/{checkpoint.checkpoint_name(i)}", config, {"images_seen": i}, state)
+    print(i, flush=True)
+"""
+
+
+def test_a_process_killed_while_writing_leaves_the_last_checkpoint_loadable(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "1"  # one complete checkpoint first
+    time.sleep(random.Random().uniform(0.05, 0.6))  # then die at some point of a later write
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.state["images_seen"] == loaded.progress["images_seen"] >= 1
+    assert loaded.path.name == checkpoint.checkpoint_name(loaded.progress["images_seen"])
+    for found in checkpoint.list_checkpoints(tmp_path):  # every listed one is whole
+        assert checkpoint.load(found).state["weights"].numel() == 4_000_000
