@@ -5,6 +5,7 @@
     pioneer attributes CKPT [--data PATH] [--attributes FILE] [--per-set 64] [--out FILE]
     pioneer edit CKPT IMAGE --attribute Smiling[=1.5] [--attribute ...] [--vectors FILE] --out e.png
     pioneer figures CKPT [--data PATH] [--attributes FILE] --out DIR
+    pioneer plot RUN_DIR [--out training.png]
     pioneer sample CKPT --n 16 --seed 0 --out samples.png
     pioneer reconstruct CKPT IMAGE... --out recon.png
     pioneer interpolate CKPT IMAGE_A IMAGE_B --steps 8 --out path.png
@@ -98,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     figures.add_argument("--edits", default=",".join(DEFAULT_EDITS), help="attributes to show")
     figures.add_argument("--seed", type=int, default=0)
     figures.add_argument("--out", default="figures")
+
+    plot = commands.add_parser("plot", help="KL terms, gap, losses and img/s of a run")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", default="training.png")
 
     sample = commands.add_parser("sample", help="a grid of random faces")
     sample.add_argument("checkpoint")
@@ -282,6 +287,10 @@ def _run(args: argparse.Namespace) -> Path | str:
         return _edit(args)
     if args.command == "figures":
         return _figures(args)
+    if args.command == "plot":
+        from pioneer.figures import training_plot
+
+        return training_plot(args.run_dir, args.out)
     from pioneer.api import Pioneer
     from pioneer.images import save_grid
 

@@ -33,30 +33,79 @@ def interpolation_grid(model, corners: torch.Tensor, steps: int) -> torch.Tensor
     return torch.stack(rows, dim=1).flatten(0, 1)  # (steps * steps, 3, R, R), row-major
 
 
-def kl_traces(metrics_file: Path, out: Path) -> Path | None:
-    """KL(q(z|x)||N) and KL(q(z|x_hat)||N) against images seen, phase changes marked."""
-    if not metrics_file.exists():
-        return None
+def read_metrics(metrics_file: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    seen = [m["images_seen"] for m in lines]
-    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=120)
-    axis.plot(seen, [m["kl_real"] for m in lines], label="KL real  q(z|x)")
-    axis.plot(seen, [m["kl_fake"] for m in lines], label="KL fake  q(z|x̂)")
+    return plt
+
+
+def _phase_marks(axis, lines: list[dict]) -> None:
+    top = axis.get_ylim()[1]
     for before, after in zip(lines, lines[1:], strict=False):
         if after["phase"] != before["phase"]:
             axis.axvline(after["images_seen"], color="grey", lw=0.6, ls=":")
-            axis.text(
-                after["images_seen"], axis.get_ylim()[1], f"{after['resolution']}px", fontsize=7
-            )
-    axis.set_xlabel("images seen")
+            axis.text(after["images_seen"], top, f"{after['resolution']}px", fontsize=7)
+
+
+def _kl_panel(axis, lines: list[dict]) -> None:
+    seen = [m["images_seen"] for m in lines]
+    axis.plot(seen, [m["kl_real"] for m in lines], label="KL real  q(z|x)")
+    axis.plot(seen, [m["kl_fake"] for m in lines], label="KL fake  q(z|x̂)")
     axis.set_ylabel("KL (nats)")
     axis.legend(loc="best", fontsize=8)
+    _phase_marks(axis, lines)
+
+
+def kl_traces(metrics_file: Path, out: Path) -> Path | None:
+    """KL(q(z|x)||N) and KL(q(z|x_hat)||N) against images seen, phase changes marked (Fig. 3)."""
+    if not metrics_file.exists():
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=120)
+    _kl_panel(axis, read_metrics(metrics_file))
+    axis.set_xlabel("images seen")
     figure.tight_layout()
+    figure.savefig(out, format="png")
+    plt.close(figure)
+    return out
+
+
+def training_plot(run_dir: str | Path, out: str | Path) -> Path:
+    """`pioneer plot`: KL terms, their gap (and margin), losses and img/s against images seen."""
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    if not metrics_file.exists():
+        raise ValueError(f"no metrics.jsonl in {str(run_dir)!r}: not a run dir, or nothing yet")
+    lines = read_metrics(metrics_file)
+    if not lines:
+        raise ValueError(f"{metrics_file} is empty")
+    seen = [m["images_seen"] for m in lines]
+    plt = _pyplot()
+    figure, axes = plt.subplots(4, 1, figsize=(8, 10), dpi=110, sharex=True)
+    _kl_panel(axes[0], lines)
+    axes[1].plot(seen, [m["kl_gap"] for m in lines], label="KL gap (real - fake)")
+    margins = [-m["margin"] if m.get("margin") is not None else float("nan") for m in lines]
+    axes[1].plot(seen, margins, ls="--", color="red", label="-margin (Eq. 5 bound)")
+    axes[1].axhline(0, color="black", lw=0.5)
+    axes[1].set_ylabel("nats")
+    for key, label, scale in (("loss_encoder", "encoder loss", 1), ("l1", "L1 x 10", 10)):
+        axes[2].plot(seen, [m[key] * scale for m in lines], label=label)
+    axes[2].plot(seen, [m["z_cos"] for m in lines], label="1 - cos")
+    axes[2].set_ylabel("loss")
+    axes[3].plot(seen, [m["images_per_s"] for m in lines], label="img/s")
+    axes[3].set_ylabel("img/s")
+    axes[3].set_xlabel("images seen")
+    for axis in axes[1:]:
+        axis.legend(loc="best", fontsize=8)
+        _phase_marks(axis, lines)
+    figure.tight_layout()
+    out = Path(out)
     figure.savefig(out, format="png")
     plt.close(figure)
     return out

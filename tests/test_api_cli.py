@@ -115,3 +115,12 @@ def test_console_script_is_installed(trained_run, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert out.exists()
+
+
+def test_plot_draws_the_training_curves(trained_run, tmp_path, capsys):
+    out = tmp_path / "training.png"
+    assert main(["plot", str(trained_run), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (880, 1100)
+    assert main(["plot", str(tmp_path), "--out", str(out)]) == 1
+    assert "no metrics.jsonl" in capsys.readouterr().err
