@@ -60,6 +60,14 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     threads: int = 0  # torch intra-op threads per worker (0: cores / workers)
     report_images: int = 4_000  # report metrics every this many images seen
+    # Collapse guard (Sec. 3.1, Fig. 3): an encoder overpowering the decoder shows as a KL gap
+    # running away (or non-finite losses); roll back to the last good checkpoint and remedy.
+    guard_gap: float = 3.0  # |KL gap| bound in nats (0: guard off, non-finite losses stop)
+    guard_images: int = 8_000  # ... that the gap must stay beyond for this many images
+    guard_remedy: Literal["lr", "margin", "reseed"] = "lr"  # what changes after a rollback
+    guard_lr_factor: float = 0.5  # remedy lr: both learning rates times this, per rollback
+    guard_margin_step: float = 0.2  # remedy margin: the Eq. 5 margin plus this, per rollback
+    guard_rollbacks: int = 3  # give up after this many rollbacks
     eval_every_images: int = 0  # run eval_metrics (rank 0) every this many images (0: off)
     eval_metrics: tuple[str, ...] = ("psnr", "ssim", "ms_swd")  # names as in `pioneer eval`
     eval_images: int = 1_000  # N for periodic FID / MS-SWD (samples and training images)
@@ -143,6 +151,15 @@ def validate(config: Config) -> None:
         raise ConfigError("train.decoder_steps must be >= 1")
     if config.train.ema_halflife_images <= 0:
         raise ConfigError("train.ema_halflife_images must be > 0")
+    t = config.train
+    if t.guard_gap < 0 or t.guard_images < 0 or t.guard_rollbacks < 0:
+        raise ConfigError("train.guard_gap, guard_images and guard_rollbacks must be >= 0")
+    if t.guard_remedy not in ("lr", "margin", "reseed"):
+        raise ConfigError(
+            f"train.guard_remedy must be lr, margin or reseed, got {t.guard_remedy!r}"
+        )
+    if not 0 < t.guard_lr_factor < 1 or t.guard_margin_step <= 0:
+        raise ConfigError("train.guard_lr_factor must be in (0, 1) and guard_margin_step > 0")
     if config.train.keep_checkpoints < 1:
         raise ConfigError("train.keep_checkpoints must be >= 1 (--keep)")
     if config.train.eval_every_images < 0 or config.train.eval_images < 2:

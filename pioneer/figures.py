@@ -34,7 +34,9 @@ def interpolation_grid(model, corners: torch.Tensor, steps: int) -> torch.Tensor
 
 
 def read_metrics(metrics_file: Path) -> list[dict]:
-    return [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    """The report lines of a run's metrics.jsonl (events such as rollbacks left out)."""
+    lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return [m for m in lines if "event" not in m]
 
 
 def _pyplot():

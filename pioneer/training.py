@@ -10,6 +10,8 @@ being trained.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -89,6 +91,10 @@ class Networks:
     optimizer_decoder: torch.optim.Adam
     images_seen: int = 0  # training images consumed so far, all workers together
     ema_synced_phase: int = 0  # newest phase whose new block was copied into the EMA
+    # Collapse-guard remedies in force (they survive rollbacks and resumes).
+    guard: dict[str, float] = field(
+        default_factory=lambda: {"rollbacks": 0, "lr_scale": 1.0, "margin_add": 0.0, "reseed": 0}
+    )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +105,7 @@ class Networks:
             "optimizer_decoder": self.optimizer_decoder.state_dict(),
             "images_seen": self.images_seen,
             "ema_synced_phase": self.ema_synced_phase,
+            "guard": dict(self.guard),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -109,6 +116,7 @@ class Networks:
         self.optimizer_decoder.load_state_dict(state["optimizer_decoder"])
         self.images_seen = int(state["images_seen"])
         self.ema_synced_phase = int(state["ema_synced_phase"])
+        self.guard = dict(state.get("guard", self.guard))
 
 
 def build(config: Config, device: torch.device) -> Networks:
@@ -220,17 +228,19 @@ def train(config: Config, session: Session) -> Outcome:
 
     def latents(tag: str, n: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(
-            seed_of(config.train.seed, tag, nets.images_seen, session.rank)
+            seed_of(config.train.seed, tag, nets.images_seen, session.rank, nets.guard["reseed"])
         )
         return sample_latents(n, latent_size, generator, device)
 
     eval_nets: dict[str, torch.nn.Module] = {}  # feature networks, loaded once
+    good = _snapshot(nets)  # the last state saved before any sign of collapse
+    bad_since: int | None = None  # images seen when the KL gap first left the guard bound
     sums: dict[str, torch.Tensor] = {}
     steps_in_window, window_images, window_start = 0, 0, time.perf_counter()
     quality: dict[str, float] = {}  # held-out figures at the latest checkpoint
 
     while nets.images_seen < total:
-        now = progress_at(config.schedule, nets.images_seen)
+        now = _remedied(progress_at(config.schedule, nets.images_seen), nets.guard)
         phase, alpha, batch = now.phase, now.alpha, now.batch
         if phase > nets.ema_synced_phase:
             copy_block(nets.decoder_ema, nets.decoder, phase)
@@ -277,11 +287,33 @@ def train(config: Config, session: Session) -> Outcome:
             "images_per_s": window_images / max(elapsed, 1e-9),
             **{k: (v / steps_in_window).item() for k, v in sums.items()},
         }
-        if not all(math.isfinite(metrics[k]) for k in step):
+        # Collapse guard: the same decision on every rank (figures averaged across ranks).
+        gap, finite = _agreed(metrics["kl_gap"], all(math.isfinite(metrics[k]) for k in step))
+        beyond = config.train.guard_gap > 0 and not abs(gap) <= config.train.guard_gap
+        bad_since = (
+            (bad_since if bad_since is not None else seen - window_images) if beyond else None
+        )
+        stuck = bad_since is not None and seen - bad_since >= config.train.guard_images
+        if not finite and config.train.guard_gap == 0:
             raise FloatingPointError(
                 f"training diverged at {seen:,} images (phase {phase}): non-finite loss "
                 f"{ {k: metrics[k] for k in step} }"
             )
+        if not finite or stuck:
+            cause = "non-finite losses"
+            if finite:
+                bound, lasted = config.train.guard_gap, seen - bad_since
+                cause = f"KL gap {gap:+.2f} beyond ±{bound} for {lasted:,} images"
+            event = _roll_back(nets, good, config, cause, seen)
+            if rank0:
+                _trim_metrics(run_dir / "metrics.jsonl", nets.images_seen)
+                with open(run_dir / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps(event) + "\n")
+                print(f"pioneer: {event['message']}", flush=True)
+            session.report(event, None)
+            bad_since, sums, steps_in_window, window_images = None, {}, 0, 0
+            window_start = time.perf_counter()
+            continue
         checkpoint_dir = None
         if save or evaluate:
             power_iterate(nets.decoder_ema, iterations=10)  # settle the EMA's sigmas, all ranks
@@ -296,6 +328,8 @@ def train(config: Config, session: Session) -> Outcome:
                         ["final"] if seen >= total else []
                     )
                     write_grids(nets, data, grid_latents, now, config, run_dir, tags)
+                if bad_since is None:
+                    good = _snapshot(nets)
                 checkpoint_dir = checkpoint.save(
                     run_dir / ".staging" / checkpoint.checkpoint_name(seen),
                     config,
@@ -424,6 +458,73 @@ def _evaluating(*modules: nn.Module) -> Iterator[None]:
     finally:
         for module, mode in zip(modules, was_training, strict=True):
             module.train(mode)
+
+
+class CollapseError(RuntimeError):
+    """Training collapsed more often than train.guard_rollbacks allows."""
+
+
+def _snapshot(nets: Networks) -> dict[str, Any]:
+    return copy.deepcopy(nets.state_dict())
+
+
+def _remedied(now: Progress, guard: dict[str, float]) -> Progress:
+    """The schedule's phase with the guard's remedies applied (lr scale, added margin)."""
+    margin = now.margin
+    if guard["margin_add"]:
+        margin = (margin or 0.0) + guard["margin_add"]
+    return dataclasses.replace(now, lr=now.lr * guard["lr_scale"], margin=margin)
+
+
+def _agreed(gap: float, finite: bool) -> tuple[float, bool]:
+    """The KL gap averaged over ranks, and whether every rank's losses were finite."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return gap, finite
+    values = torch.tensor([gap if math.isfinite(gap) else 0.0, 0.0 if finite else 1.0])
+    if dist.get_backend() == "nccl":
+        values = values.cuda()
+    dist.all_reduce(values)
+    return values[0].item() / dist.get_world_size(), values[1].item() == 0
+
+
+def _roll_back(
+    nets: Networks, good: dict[str, Any], config: Config, cause: str, seen: int
+) -> dict[str, Any]:
+    """Restore the last good state, apply one more remedy, and describe the event."""
+    t = config.train
+    guard = dict(nets.guard)
+    if guard["rollbacks"] >= t.guard_rollbacks:
+        raise CollapseError(
+            f"training collapsed at {seen:,} images ({cause}) after {int(guard['rollbacks'])} "
+            f"rollback(s) with remedy {t.guard_remedy!r}; giving up (train.guard_rollbacks="
+            f"{t.guard_rollbacks}). Try a larger margin or a lower learning rate."
+        )
+    guard["rollbacks"] += 1
+    if t.guard_remedy == "lr":
+        guard["lr_scale"] *= t.guard_lr_factor
+    elif t.guard_remedy == "margin":
+        guard["margin_add"] += t.guard_margin_step
+    else:
+        guard["reseed"] += 1
+    nets.load_state_dict(copy.deepcopy(good))
+    nets.guard = guard
+    remedy = {
+        "lr": f"learning rates x{guard['lr_scale']:.3g}",
+        "margin": f"margin +{guard['margin_add']:.3g}",
+        "reseed": f"new latent seed #{int(guard['reseed'])}",
+    }[t.guard_remedy]
+    return {
+        "event": "collapse_rollback",
+        "images_seen": nets.images_seen,
+        "collapsed_at": seen,
+        "cause": cause,
+        "remedy": remedy,
+        "rollback": int(guard["rollbacks"]),
+        "message": (
+            f"collapse at {seen:,} images ({cause}): rolled back to {nets.images_seen:,} images, "
+            f"{remedy} (rollback {int(guard['rollbacks'])} of {t.guard_rollbacks})"
+        ),
+    }
 
 
 class _TrainingSubject:

@@ -128,3 +128,34 @@ def test_periodic_metrics_needing_missing_weights_fail_before_training(
     with pytest.raises(WeightsMissing, match="weights-inception"):
         train(config, LocalSession(tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _diverging(face_shards, lr=50.0, **guard):
+    """The smoke run with a learning rate that blows the KL gap up within 64 images."""
+    config = tiny_config(face_shards, guard_gap=3.0, guard_images=64, **guard)
+    return replace(config, schedule=tuple(replace(p, lr=lr) for p in config.schedule))
+
+
+def test_the_collapse_guard_rolls_back_and_applies_the_remedy(tmp_path, face_shards):
+    config = _diverging(face_shards, guard_lr_factor=1e-4)
+    outcome = train(config, LocalSession(tmp_path / "guarded"))
+    lines = [json.loads(line) for line in (tmp_path / "guarded" / "metrics.jsonl").open()]
+    events = [m for m in lines if m.get("event") == "collapse_rollback"]
+    assert len(events) == 1 and events[0]["images_seen"] == 0 and events[0]["collapsed_at"] == 64
+    assert "KL gap" in events[0]["cause"] and events[0]["remedy"] == "learning rates x0.0001"
+    assert checkpoint.load(tmp_path / "guarded").state["guard"]["lr_scale"] == pytest.approx(1e-4)
+    # Rolled back to the start with lr x1e-4: exactly a fresh run at lr 0.005.
+    fresh = train(_diverging(face_shards, lr=0.005), LocalSession(tmp_path / "fresh"))
+    assert outcome.summary == fresh.summary
+
+
+def test_the_collapse_guard_gives_up_with_a_clear_message(tmp_path, face_shards):
+    from pioneer.training import CollapseError
+
+    with pytest.raises(CollapseError, match=r"collapsed at 64 images .* after 0 rollback\(s\)"):
+        train(_diverging(face_shards, guard_rollbacks=0), LocalSession(tmp_path / "a"))
+    config = _diverging(face_shards, guard_remedy="margin", guard_rollbacks=1)
+    with pytest.raises(CollapseError, match="after 1 rollback"):
+        train(config, LocalSession(tmp_path / "b"))
+    text = (tmp_path / "b" / "metrics.jsonl").read_text()
+    assert '"remedy": "margin +0.2"' in text
