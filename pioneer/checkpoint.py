@@ -41,8 +41,10 @@ class Loaded:
     state: dict[str, Any]
 
 
-def checkpoint_name(images_seen: int) -> str:
-    return f"{PREFIX}{images_seen:010d}"
+def checkpoint_name(images_seen: int, attempt: int = 0) -> str:
+    """checkpoint_<images seen>; after a collapse-guard rollback, -r<attempt> is added so
+    a retaken checkpoint never overwrites one that Ray's checkpoint manager still tracks."""
+    return f"{PREFIX}{images_seen:010d}" + (f"-r{attempt}" if attempt else "")
 
 
 def save(directory: str | Path, config: Config, progress: dict[str, Any], state: dict) -> Path:

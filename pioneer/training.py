@@ -330,8 +330,9 @@ def train(config: Config, session: Session) -> Outcome:
                     write_grids(nets, data, grid_latents, now, config, run_dir, tags)
                 if bad_since is None:
                     good = _snapshot(nets)
+                attempt = int(nets.guard["rollbacks"])
                 checkpoint_dir = checkpoint.save(
-                    run_dir / ".staging" / checkpoint.checkpoint_name(seen),
+                    run_dir / ".staging" / checkpoint.checkpoint_name(seen, attempt),
                     config,
                     _progress(nets, config),
                     nets.state_dict(),

@@ -143,7 +143,9 @@ def test_the_collapse_guard_rolls_back_and_applies_the_remedy(tmp_path, face_sha
     events = [m for m in lines if m.get("event") == "collapse_rollback"]
     assert len(events) == 1 and events[0]["images_seen"] == 0 and events[0]["collapsed_at"] == 64
     assert "KL gap" in events[0]["cause"] and events[0]["remedy"] == "learning rates x0.0001"
-    assert checkpoint.load(tmp_path / "guarded").state["guard"]["lr_scale"] == pytest.approx(1e-4)
+    latest = checkpoint.load(tmp_path / "guarded")
+    assert latest.state["guard"]["lr_scale"] == pytest.approx(1e-4)
+    assert latest.path.name == "checkpoint_0000000384-r1"  # retaken after the rollback
     # Rolled back to the start with lr x1e-4: exactly a fresh run at lr 0.005.
     fresh = train(_diverging(face_shards, lr=0.005), LocalSession(tmp_path / "fresh"))
     assert outcome.summary == fresh.summary
