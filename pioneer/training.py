@@ -233,6 +233,7 @@ def train(config: Config, session: Session) -> Outcome:
         return sample_latents(n, latent_size, generator, device)
 
     eval_nets: dict[str, torch.nn.Module] = {}  # feature networks, loaded once
+    board = _tensorboard(run_dir, nets.images_seen) if rank0 else None
     good = _snapshot(nets)  # the last state saved before any sign of collapse
     bad_since: int | None = None  # images seen when the KL gap first left the guard bound
     sums: dict[str, torch.Tensor] = {}
@@ -310,6 +311,8 @@ def train(config: Config, session: Session) -> Outcome:
                 with open(run_dir / "metrics.jsonl", "a") as handle:
                     handle.write(json.dumps(event) + "\n")
                 print(f"pioneer: {event['message']}", flush=True)
+                if board is not None:
+                    board.add_scalar("guard/rollbacks", event["rollback"], seen)
             session.report(event, None)
             bad_since, sums, steps_in_window, window_images = None, {}, 0, 0
             window_start = time.perf_counter()
@@ -339,12 +342,15 @@ def train(config: Config, session: Session) -> Outcome:
                 )
             with open(run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
+            _board_scalars(board, metrics)
             print(_progress_line(metrics, total), flush=True)
         session.report(metrics, checkpoint_dir)
         sums, steps_in_window, window_images = {}, 0, 0
         window_start = time.perf_counter()
 
     stream.close()
+    if board is not None:
+        board.close()
 
     # The end: held-out figures of the last checkpoint (computed now for a run that was
     # already finished when this process started; its final grids are already written).
@@ -459,6 +465,30 @@ def _evaluating(*modules: nn.Module) -> Iterator[None]:
     finally:
         for module, mode in zip(modules, was_training, strict=True):
             module.train(mode)
+
+
+def _tensorboard(run_dir: Path, images_seen: int):
+    """TensorBoard event files in run_dir/tensorboard; a resumed run purges later steps."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=images_seen or None)
+
+
+def _board_scalars(board, metrics: dict[str, Any]) -> None:
+    """Every numeric figure of a report, grouped (kl/, loss/, heldout/, eval/, train/)."""
+    if board is None:
+        return
+    step = metrics["images_seen"]
+    for key, value in metrics.items():
+        if key == "images_seen" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        group = next(
+            (g for p, g in (("kl_", "kl"), ("loss_", "loss"), ("heldout_", "heldout"),
+                            ("eval_", "eval")) if key.startswith(p)),
+            "train",
+        )  # fmt: skip
+        board.add_scalar(f"{group}/{key}", value, step)
+    board.flush()
 
 
 class CollapseError(RuntimeError):

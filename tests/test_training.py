@@ -161,3 +161,30 @@ def test_the_collapse_guard_gives_up_with_a_clear_message(tmp_path, face_shards)
         train(config, LocalSession(tmp_path / "b"))
     text = (tmp_path / "b" / "metrics.jsonl").read_text()
     assert '"remedy": "margin +0.2"' in text
+
+
+def _scalars(folder):
+    """(tag, step, value) of every scalar in a folder's TensorBoard event files."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4  # length, its CRC, the record, its CRC
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_reports_go_to_tensorboard_too(trained_run):
+    scalars = _scalars(trained_run / "tensorboard")
+    tags = {tag for tag, _, _ in scalars}
+    assert {"kl/kl_real", "kl/kl_fake", "loss/loss_encoder", "heldout/heldout_psnr_ema"} <= tags
+    lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    kl = {step: value for tag, step, value in scalars if tag == "kl/kl_real"}
+    assert kl == pytest.approx({m["images_seen"]: m["kl_real"] for m in lines})
