@@ -320,6 +320,8 @@ def train(config: Config, session: Session) -> Outcome:
         checkpoint_dir = None
         if save or evaluate:
             power_iterate(nets.decoder_ema, iterations=10)  # settle the EMA's sigmas, all ranks
+        if save and bad_since is None:
+            good = _snapshot(nets)  # every rank keeps the same rollback point
         if rank0:
             if evaluate:
                 metrics.update(periodic_eval(nets, data, now, config, eval_nets))
@@ -331,8 +333,6 @@ def train(config: Config, session: Session) -> Outcome:
                         ["final"] if seen >= total else []
                     )
                     write_grids(nets, data, grid_latents, now, config, run_dir, tags)
-                if bad_since is None:
-                    good = _snapshot(nets)
                 attempt = int(nets.guard["rollbacks"])
                 checkpoint_dir = checkpoint.save(
                     run_dir / ".staging" / checkpoint.checkpoint_name(seen, attempt),
