@@ -140,7 +140,31 @@ def identity(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def prune(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the `keep` latest checkpoints of a run dir."""
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+def best(run_dir: str | Path, metric: str, mode: str = "max") -> Path | None:
+    """The checkpoint with the best `metric` (from its progress.json) among those at the
+    resolution of the latest checkpoint, or None if none recorded it."""
+    found = list_checkpoints(run_dir)
+    if not found or not metric:
+        return None
+    progress = [json.loads((path / "progress.json").read_text()) for path in found]
+    resolution = progress[-1].get("resolution")
+    scored = [
+        (p["metrics"][metric], path)
+        for p, path in zip(progress, found, strict=True)
+        if p.get("resolution") == resolution and metric in p.get("metrics", {})
+    ]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda item: item[0])[1]
+
+
+def prune(run_dir: str | Path, keep: int, best_metric: str = "", mode: str = "max") -> None:
+    """Delete all but the `keep` latest checkpoints of a run dir, and the best by a metric."""
+    kept = set(list_checkpoints(run_dir)[-keep:] if keep > 0 else [])
+    champion = best(run_dir, best_metric, mode)
+    if champion is not None:
+        kept.add(champion)
+    for old in list_checkpoints(run_dir):
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)

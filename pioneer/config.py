@@ -73,6 +73,10 @@ class TrainConfig:
     eval_images: int = 1_000  # N for periodic FID / MS-SWD (samples and training images)
     checkpoint_images: int = 50_000  # checkpoint every this many images (and at phase ends)
     keep_checkpoints: int = 3  # checkpoints kept in the run dir (latest ones)
+    # Also keep the best checkpoint by this held-out figure among those at the latest
+    # checkpoint's resolution (figures at different resolutions do not compare); "": off.
+    keep_best: str = "heldout_psnr_ema"
+    keep_best_mode: Literal["max", "min"] = "max"  # max: higher is better
     grid_size: int = 8  # samples / reconstructions per grid row
     grid_rows: int = 4  # rows of samples in the sample grid
 
@@ -160,6 +164,8 @@ def validate(config: Config) -> None:
         )
     if not 0 < t.guard_lr_factor < 1 or t.guard_margin_step <= 0:
         raise ConfigError("train.guard_lr_factor must be in (0, 1) and guard_margin_step > 0")
+    if t.keep_best_mode not in ("max", "min"):
+        raise ConfigError(f"train.keep_best_mode must be max or min, got {t.keep_best_mode!r}")
     if config.train.keep_checkpoints < 1:
         raise ConfigError("train.keep_checkpoints must be >= 1 (--keep)")
     if config.train.eval_every_images < 0 or config.train.eval_images < 2:

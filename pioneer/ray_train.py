@@ -95,7 +95,8 @@ def fit(
         run_config=RunConfig(
             name=run_dir.name,
             storage_path=str(run_dir.parent),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
+            # Rank 0 prunes (latest K plus the best by train.keep_best): Ray keeps them all.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             failure_config=FailureConfig(max_failures=max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines suffice
         ),

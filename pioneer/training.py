@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pioneer import checkpoint
-from pioneer.config import Config, TrainConfig
+from pioneer.config import Config
 from pioneer.data import seed_of, to_unit_range
 from pioneer.dataset import Dataset, Stream, open_dataset
 from pioneer.ema import copy_block, ema_beta, update_ema
@@ -61,7 +61,6 @@ class LocalSession:
     """One plain process: checkpoints go straight into the run dir."""
 
     run_dir: Path
-    keep: int = TrainConfig.keep_checkpoints  # latest checkpoints kept in the run dir
     rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
@@ -77,7 +76,6 @@ class LocalSession:
             target = self.run_dir / checkpoint_dir.name
             shutil.rmtree(target, ignore_errors=True)
             os.replace(checkpoint_dir, target)
-            checkpoint.prune(self.run_dir, self.keep)
 
 
 @dataclass
@@ -337,7 +335,7 @@ def train(config: Config, session: Session) -> Outcome:
                 checkpoint_dir = checkpoint.save(
                     run_dir / ".staging" / checkpoint.checkpoint_name(seen, attempt),
                     config,
-                    _progress(nets, config),
+                    {**_progress(nets, config), "metrics": quality},
                     nets.state_dict(),
                 )
             with open(run_dir / "metrics.jsonl", "a") as handle:
@@ -345,6 +343,9 @@ def train(config: Config, session: Session) -> Outcome:
             _board_scalars(board, metrics)
             print(_progress_line(metrics, total), flush=True)
         session.report(metrics, checkpoint_dir)
+        if rank0 and checkpoint_dir is not None:  # the session has stored it: prune
+            t = config.train
+            checkpoint.prune(run_dir, t.keep_checkpoints, t.keep_best, t.keep_best_mode)
         sums, steps_in_window, window_images = {}, 0, 0
         window_start = time.perf_counter()
 
@@ -358,6 +359,9 @@ def train(config: Config, session: Session) -> Outcome:
     summary = {"images_seen": nets.images_seen, "resolution": final.resolution}
     if rank0:
         summary.update(quality or heldout_quality(nets, data, final))
+        t = config.train
+        champion = checkpoint.best(run_dir, t.keep_best, t.keep_best_mode)
+        summary["best_checkpoint"] = champion.name if champion else None
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return Outcome(summary, nets)
 

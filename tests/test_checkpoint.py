@@ -77,6 +77,21 @@ def test_run_dir_resolves_to_the_checkpoint_with_most_images(tmp_path, face_dir)
     ]
 
 
+def test_pruning_keeps_the_latest_and_the_best_at_the_current_resolution(tmp_path, face_dir):
+    config, nets = _nets(face_dir, seed=0)
+    scores = [(100, 8, 30.0), (200, 16, 18.0), (300, 16, 19.5), (400, 16, 17.0), (500, 16, 16.0)]
+    for seen, resolution, psnr in scores:
+        progress = {"images_seen": seen, "resolution": resolution, "metrics": {"psnr": psnr}}
+        checkpoint.save(tmp_path / checkpoint.checkpoint_name(seen), config, progress, {})
+    assert checkpoint.best(tmp_path, "psnr").name == checkpoint.checkpoint_name(300)  # not 8 px
+    assert checkpoint.best(tmp_path, "psnr", "min").name == checkpoint.checkpoint_name(500)
+    checkpoint.prune(tmp_path, keep=2, best_metric="psnr")
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        checkpoint.checkpoint_name(n) for n in (300, 400, 500)
+    ]
+    assert checkpoint.best(tmp_path, "nope") is None
+
+
 def test_bad_paths_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.load(tmp_path / "missing")

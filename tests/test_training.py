@@ -84,7 +84,7 @@ def test_bf16_channels_last_path_trains(tmp_path, face_shards):
     config = tiny_config(face_shards, precision="bf16", channels_last=True)
     outcome = train(config, LocalSession(tmp_path))
     assert outcome.networks.images_seen == total_images(config.schedule)
-    assert all(math.isfinite(v) for v in outcome.summary.values())
+    assert all(math.isfinite(v) for k, v in outcome.summary.items() if k != "best_checkpoint")
 
 
 def test_baseline_pioneer_mode_trains(tmp_path, face_shards):
@@ -92,7 +92,7 @@ def test_baseline_pioneer_mode_trains(tmp_path, face_shards):
     config = replace(config, model=replace(config.model, mode="baseline"))
     outcome = train(config, LocalSession(tmp_path))
     assert outcome.networks.images_seen == total_images(config.schedule)
-    assert all(math.isfinite(v) for v in outcome.summary.values())
+    assert all(math.isfinite(v) for k, v in outcome.summary.items() if k != "best_checkpoint")
 
 
 def test_periodic_evaluation_reports_the_chosen_metrics(tmp_path, face_shards):
@@ -148,7 +148,8 @@ def test_the_collapse_guard_rolls_back_and_applies_the_remedy(tmp_path, face_sha
     assert latest.path.name == "checkpoint_0000000384-r1"  # retaken after the rollback
     # Rolled back to the start with lr x1e-4: exactly a fresh run at lr 0.005.
     fresh = train(_diverging(face_shards, lr=0.005), LocalSession(tmp_path / "fresh"))
-    assert outcome.summary == fresh.summary
+    figures = lambda summary: {k: v for k, v in summary.items() if k != "best_checkpoint"}  # noqa: E731
+    assert figures(outcome.summary) == figures(fresh.summary)
 
 
 def test_the_collapse_guard_gives_up_with_a_clear_message(tmp_path, face_shards):
