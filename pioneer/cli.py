@@ -193,32 +193,29 @@ class MetricFailed(RuntimeError):
 
 
 def _attributes(args: argparse.Namespace) -> str:
-    import numpy as np
 
     from pioneer import checkpoint
     from pioneer.api import Pioneer
-    from pioneer.config import DataConfig
     from pioneer.data import to_unit_range
-    from pioneer.dataset import open_dataset
+    from pioneer.dataset import open_run_data
     from pioneer.editing import VECTORS_FILE, AttributeVectors, attribute_vectors
 
     if args.per_set < 1:
         raise ValueError(f"--per-set must be >= 1, got {args.per_set}")
     model = Pioneer.from_checkpoint(args.checkpoint)
-    trained = model.config.data
-    data = DataConfig(path=args.data or trained.path, crop=trained.crop, holdout=trained.holdout)
-    dataset = open_dataset(data, (model.resolution,))
+    dataset = open_run_data(model.config.data, args.data, model.resolution)
     names, labels = dataset.attributes(args.attributes)
     if not names:
         raise ValueError(f"{dataset.description} has no attribute columns: pass --attributes FILE")
     rows = labels[: dataset.train_rows]  # the held-out rows stay unseen
 
-    def images(ids: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(dataset.gather(ids, model.resolution))
-        return to_unit_range(pixels.permute(0, 3, 1, 2))
-
     used, vectors, counts, skipped = attribute_vectors(
-        model.encode, images, rows, names, args.per_set, args.seed
+        model.encode,
+        lambda ids: to_unit_range(dataset.images(ids, model.resolution)),
+        rows,
+        names,
+        args.per_set,
+        args.seed,
     )
     identity = checkpoint.identity(model.checkpoint_dir)
     out = Path(args.out) if args.out else model.checkpoint_dir / VECTORS_FILE
@@ -233,14 +230,11 @@ def _attributes(args: argparse.Namespace) -> str:
 
 def _figures(args: argparse.Namespace) -> str:
     from pioneer.api import Pioneer
-    from pioneer.config import DataConfig
-    from pioneer.dataset import open_dataset
+    from pioneer.dataset import open_run_data
     from pioneer.figures import write_figures
 
     model = Pioneer.from_checkpoint(args.checkpoint)
-    trained = model.config.data
-    data = DataConfig(path=args.data or trained.path, crop=trained.crop, holdout=trained.holdout)
-    dataset = open_dataset(data, (model.resolution,))
+    dataset = open_run_data(model.config.data, args.data, model.resolution)
     edits = tuple(n for n in args.edits.split(",") if n)
     written = write_figures(model, dataset, args.out, args.attributes, edits, args.seed)
     for name, path in written.items():

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import posixpath
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 MEAN_FACE_IMAGES = 4096  # the mean-face baseline averages up to this many training images
 
 
-class Dataset:
+class Dataset(ABC):
     """Rows in shards; `read(shard, resolution)` gives uint8 (n, R, R, 3)."""
 
     description: str  # for log lines: what was opened and how many rows
@@ -59,12 +60,13 @@ class Dataset:
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
         self._eval: dict[tuple[str, int], torch.Tensor] = {}
 
+    @abstractmethod
     def read(self, shard: int, resolution: int) -> np.ndarray:
-        raise NotImplementedError
+        """One shard's images at a resolution, uint8 (n, R, R, 3)."""
 
+    @abstractmethod
     def sources(self) -> list[str]:
         """Each row's source file (path below the data root)."""
-        raise NotImplementedError
 
     def attributes(self, attributes_file: str | None = None) -> tuple[list[str], np.ndarray]:
         """(names, int8 (rows, A) of +1 / -1, 0 unknown): from a CelebA-style file matched by
@@ -107,12 +109,15 @@ class Dataset:
             out[mask] = images[rows[mask] - self.offsets[shard]]
         return out
 
+    def images(self, rows: np.ndarray, resolution: int) -> torch.Tensor:
+        """Global row ids -> uint8 (n, 3, R, R) tensor."""
+        return _to_nchw(self.gather(np.asarray(rows, dtype=np.int64), resolution))
+
     def holdout(self, resolution: int) -> torch.Tensor:
         """The held-out rows (the last ones), uint8 (H, 3, R, R); never trained on."""
         key = ("holdout", resolution)
         if key not in self._eval:
-            rows = np.arange(self.train_rows, self.rows)
-            self._eval[key] = _to_nchw(self.gather(rows, resolution))
+            self._eval[key] = self.images(np.arange(self.train_rows, self.rows), resolution)
         return self._eval[key]
 
     def mean_face(self, resolution: int) -> torch.Tensor:
@@ -254,6 +259,12 @@ def open_dataset(config: DataConfig, resolutions: tuple[int, ...]) -> Dataset:
             f"{dataset.description}: need more than data.holdout={config.holdout} images"
         )
     return dataset
+
+
+def open_run_data(trained: DataConfig, path: str | None, resolution: int) -> Dataset:
+    """A checkpoint's data (or another at path) with the run's crop and held-out split."""
+    config = DataConfig(path=path or trained.path, crop=trained.crop, holdout=trained.holdout)
+    return open_dataset(config, (resolution,))
 
 
 def check_data(config: DataConfig, resolutions: tuple[int, ...]) -> str:

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from pioneer import features
-from pioneer.baselines import MeanFace, Subject, WhitenedPCA, batched, generate, reconstruct
+from pioneer.baselines import (
+    MeanFace,
+    ModelSubject,
+    Subject,
+    WhitenedPCA,
+    batched,
+    generate,
+    reconstruct,
+)
 from pioneer.data import to_uint8, to_unit_range
 from pioneer.progress import ProgressBar
 from pioneer.quality import linear_probe, ms_swd, psnr, ssim, trimmed_mean
@@ -90,6 +98,31 @@ class Evaluator:
             choice = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(choice)
         self.n = max(1, min(self.options.images, len(self.train) // 2))
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset,
+        resolution: int,
+        options: EvalOptions,
+        attributes_file: str | None = None,
+        **nets: torch.nn.Module,
+    ) -> Evaluator:
+        """The training rows the options need (from the first) and the held-out rows."""
+        count = min(dataset.train_rows, max(2 * options.images, options.probe_images))
+        train_rows = np.arange(count)
+        holdout_rows = np.arange(dataset.train_rows, dataset.rows)
+        names, labels = dataset.attributes(attributes_file)
+        return cls(
+            train=dataset.images(train_rows, resolution),
+            holdout=dataset.holdout(resolution),
+            options=options,
+            attribute_names=names,
+            train_labels=torch.from_numpy(labels[train_rows]) if names else None,
+            holdout_labels=torch.from_numpy(labels[holdout_rows]) if names else None,
+            inception_net=nets.get("inception"),
+            lpips_net=nets.get("lpips"),
+        )
 
     # Image sets.
 
@@ -296,34 +329,12 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint and its data split, run the chosen metrics on it and the baselines."""
     from pioneer.api import Pioneer
-    from pioneer.config import DataConfig
-    from pioneer.dataset import open_dataset
+    from pioneer.dataset import open_run_data
 
     options.validate()
     model = Pioneer.from_checkpoint(checkpoint)
-    resolution = model.resolution
-    trained_on = model.config.data
-    config = DataConfig(
-        path=data or trained_on.path, crop=trained_on.crop, holdout=trained_on.holdout
-    )
-    dataset = open_dataset(config, (resolution,))
-    want = min(dataset.train_rows, max(2 * options.images, options.probe_images))
-    train_rows = np.arange(want)
-    holdout_rows = np.arange(dataset.train_rows, dataset.rows)
-    as_nchw = lambda rows: torch.from_numpy(dataset.gather(rows, resolution)).permute(0, 3, 1, 2)  # noqa: E731
-    names, labels = dataset.attributes(attributes)
-    ev = Evaluator(
-        train=as_nchw(train_rows).contiguous(),
-        holdout=as_nchw(holdout_rows).contiguous(),
-        options=options,
-        attribute_names=names,
-        train_labels=torch.from_numpy(labels[train_rows]) if names else None,
-        holdout_labels=torch.from_numpy(labels[holdout_rows]) if names else None,
-        inception_net=nets.get("inception"),
-        lpips_net=nets.get("lpips"),
-    )
-    from pioneer.baselines import ModelSubject
-
+    dataset = open_run_data(model.config.data, data, model.resolution)
+    ev = Evaluator.from_dataset(dataset, model.resolution, options, attributes, **nets)
     subjects: list[Subject] = [ModelSubject(model)]
     if options.baselines:
         subjects += baselines(ev.train[: dataset.train_rows], model.latent_size)
@@ -331,10 +342,10 @@ def evaluate_checkpoint(
     report.update(
         checkpoint=str(checkpoint),
         images_seen=model.images_seen,
-        resolution=resolution,
-        data=config.path,
+        resolution=model.resolution,
+        data=data or model.config.data.path,
         n=ev.n,
-        holdout=len(holdout_rows),
+        holdout=dataset.holdout_rows,
         metrics=list(options.metrics),
     )
     if not math.isfinite(sum(v for s in report["subjects"].values() for v in s.values())):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pioneer.data import to_unit_range
@@ -168,11 +167,12 @@ def _vectors(model, dataset, attributes_file: str | None, seed: int) -> Attribut
     if not names:
         return None
 
-    def images(ids: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(dataset.gather(ids, model.resolution))
-        return to_unit_range(pixels.permute(0, 3, 1, 2))
-
     used, vectors, counts, _ = attribute_vectors(
-        model.encode, images, labels[: dataset.train_rows], names, 64, seed
+        model.encode,
+        lambda ids: to_unit_range(dataset.images(ids, model.resolution)),
+        labels[: dataset.train_rows],
+        names,
+        64,
+        seed,
     )
     return AttributeVectors(used, vectors, counts, "")

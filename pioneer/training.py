@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -602,26 +601,14 @@ def periodic_eval(
 
     n = config.train.eval_images
     device = next(nets.encoder.parameters()).device
-    rows = np.arange(min(2 * n, data.train_rows))
-    names, labels = data.attributes()
-    as_nchw = lambda ids: torch.from_numpy(data.gather(ids, now.resolution)).permute(0, 3, 1, 2)  # noqa: E731
-    holdout_rows = np.arange(data.train_rows, data.rows)
-    ev = Evaluator(
-        train=as_nchw(rows).contiguous(),
-        holdout=data.holdout(now.resolution),
-        options=EvalOptions(
-            metrics=config.train.eval_metrics,
-            images=n,
-            probe_images=n,
-            ppl_samples=n,
-            device=device.type,
-        ),
-        attribute_names=names,
-        train_labels=torch.from_numpy(labels[rows]) if names else None,
-        holdout_labels=torch.from_numpy(labels[holdout_rows]) if names else None,
-        inception_net=cache.get("inception"),
-        lpips_net=cache.get("lpips"),
+    options = EvalOptions(
+        metrics=config.train.eval_metrics,
+        images=n,
+        probe_images=n,
+        ppl_samples=n,
+        device=device.type,
     )
+    ev = Evaluator.from_dataset(data, now.resolution, options, **cache)
     report = ev.run([_TrainingSubject(nets, now, config.model.latent_size)])
     cache.update(inception=ev.inception_net, lpips=ev.lpips_net)
     if report["errors"]:
