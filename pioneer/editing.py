@@ -33,7 +33,7 @@ class AttributeVectors:
         return self.vectors[self.names.index(name)]
 
     def save(self, path: str | Path) -> Path:
-        from pioneer.images import atomic_write
+        from pioneer.storage import atomic_write
 
         payload = {
             "format": FORMAT,

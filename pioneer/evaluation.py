@@ -31,7 +31,6 @@ from pioneer.baselines import (
     reconstruct,
 )
 from pioneer.data import to_uint8, to_unit_range
-from pioneer.progress import ProgressBar
 from pioneer.quality import linear_probe, ms_swd, psnr, ssim, trimmed_mean
 from pioneer.sampling import sample_latents, slerp_pairs
 
@@ -148,14 +147,15 @@ class Evaluator:
 
     def inception_features(self, images: torch.Tensor, label: str) -> torch.Tensor:
         net = self.inception()
-        bar = ProgressBar(f"eval {label}", len(images))
-        out = []
         with torch.inference_mode():
-            for chunk in images.split(self.options.batch):
-                out.append(net(to_uint8(chunk).to(self.device))[0].double().cpu())
-                bar.show(sum(len(o) for o in out))
-        bar.show(len(images), final=True)
-        return torch.cat(out)
+            features = batched(
+                lambda chunk: net(to_uint8(chunk))[0],
+                images,
+                self.options.batch,
+                self.device,
+                f"eval {label}",
+            )
+        return features.double()
 
     def face_crop(self, images: torch.Tensor) -> torch.Tensor:
         """The paper's face-centre crop (128 of 256: the middle half), resized for LPIPS."""

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +10,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from pioneer.data import load_image, to_uint8, to_unit_range
+from pioneer.storage import atomic_write
 
 
 def grid_image(images: torch.Tensor, nrow: int, min_tile: int = 64) -> Image.Image:
@@ -25,21 +22,6 @@ def grid_image(images: torch.Tensor, nrow: int, min_tile: int = 64) -> Image.Ima
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
     grid = make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=255)  # (3, H, W)
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Write a file atomically: write(handle) into a temp file beside it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

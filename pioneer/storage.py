@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
@@ -94,17 +96,25 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
         with fs.open_output_stream(path) as stream:
             stream.write(data)
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a local file atomically: write(handle) into <name>.tmp-<random> beside it,
+    fsync, then rename over the target. A killed writer leaves only the temp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(staging, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, path)
     except BaseException:
-        Path(staging).unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
         raise
+    return path
 
 
 def delete(uri: str | Path) -> None:

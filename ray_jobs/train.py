@@ -70,13 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             config = replace(config, data=replace(config.data, path=path))
         if args.keep is not None:
             config = replace(config, train=replace(config.train, keep_checkpoints=args.keep))
-            validate(config)
         if args.max_failures < 0:
             raise ConfigError("--max-failures must be >= 0")
         if args.eval_every is not None:
             every = int(args.eval_every * 1000)
             config = replace(config, train=replace(config.train, eval_every_images=every))
-            validate(config)
+        validate(config)  # the flags above set config fields: check them like --set
         if args.workers < 1:
             raise ConfigError("--workers must be >= 1")
     except ConfigError as error:
