@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pioneer import checkpoint
+from pioneer import checkpoint, storage
 from pioneer.config import Config
 from pioneer.editing import VECTORS_FILE, AttributeVectors, edit_codes
 from pioneer.images import read_images
@@ -34,7 +34,7 @@ class Pioneer:
         alpha: float,
         images_seen: int = 0,
         device: str | torch.device = "cpu",
-        checkpoint_dir: Path | None = None,
+        checkpoint_dir: str | None = None,
     ):
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval().requires_grad_(False)
@@ -43,12 +43,12 @@ class Pioneer:
         self.phase = phase
         self.alpha = alpha
         self.images_seen = images_seen
-        self.checkpoint_dir = checkpoint_dir  # where it was loaded from, if anywhere
+        self.checkpoint_dir = checkpoint_dir  # loaded from (a path or s3:// URI), if anywhere
         self.attribute_vectors: AttributeVectors | None = None  # for edit(); see load_attributes
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Pioneer:
-        """Load a checkpoint dir, or the latest checkpoint of a run dir."""
+        """Load a checkpoint dir, or the latest checkpoint of a run dir (local or s3://)."""
         loaded = checkpoint.load(path, map_location=device)
         encoder, decoder = Encoder(loaded.config.model), Decoder(loaded.config.model)
         encoder.load_state_dict(loaded.state["encoder"])
@@ -62,7 +62,7 @@ class Pioneer:
             alpha=float(progress["alpha"]),
             images_seen=int(progress["images_seen"]),
             device=device,
-            checkpoint_dir=loaded.path,
+            checkpoint_dir=loaded.location,
         )
 
     @property
@@ -116,11 +116,12 @@ class Pioneer:
         """Attribute vectors for edit(): a file from `pioneer attributes`, by default the one
         saved beside the checkpoint. Refused when made for another checkpoint."""
         if path is None:
-            if self.checkpoint_dir is None or not (self.checkpoint_dir / VECTORS_FILE).exists():
+            beside = self.checkpoint_dir and storage.join(self.checkpoint_dir, VECTORS_FILE)
+            if not beside or not storage.exists(beside):
                 raise ValueError(
                     "no attribute vectors beside the checkpoint: run `pioneer attributes` first"
                 )
-            path = self.checkpoint_dir / VECTORS_FILE
+            path = beside
         expected = checkpoint.identity(self.checkpoint_dir) if self.checkpoint_dir else None
         self.attribute_vectors = AttributeVectors.load(path, expected)
         return self.attribute_vectors

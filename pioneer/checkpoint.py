@@ -7,7 +7,8 @@
 
 A directory is written under a temporary name and renamed into place, so a reader never
 sees a half-written checkpoint. A run directory holds several; the latest is the one with
-the most images seen.
+the most images seen. Run dirs and checkpoints may live on S3 (s3://bucket/prefix/...):
+they are read there, through a local cached copy of the files a load needs.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 
+from pioneer import storage
 from pioneer.config import Config, ConfigError, from_dict, to_json
 
 FORMAT_VERSION = 1
@@ -35,7 +38,8 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Loaded:
-    path: Path
+    location: str  # as found: a local path or an s3:// URI
+    path: Path  # a local folder with its files (for s3://, a cached copy)
     config: Config
     progress: dict[str, Any]
     state: dict[str, Any]
@@ -79,74 +83,114 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def is_checkpoint(path: Path) -> bool:
-    return all((path / name).is_file() for name in ("config.json", "progress.json", "state.pt"))
+FILES = ("config.json", "progress.json", "state.pt")
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in a run dir, oldest first (by images seen)."""
-    run_dir = Path(run_dir)
+def is_checkpoint(location: str | Path) -> bool:
+    fs, path = storage.filesystem(location)
+    infos = fs.get_file_info([f"{path}/{name}" for name in FILES])
+    return all(info.type == pyarrow.fs.FileType.File for info in infos)
+
+
+def _progress_of(location: str) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(storage.join(location, "progress.json")))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[str]:
+    """Complete checkpoints in a run dir (local or s3://), oldest first (by images seen)."""
     found = []
-    for child in run_dir.glob(f"{PREFIX}*"):
-        if child.is_dir() and is_checkpoint(child):
-            try:
-                seen = json.loads((child / "progress.json").read_text())["images_seen"]
-            except (OSError, ValueError, KeyError):
-                continue
-            found.append((seen, child.name, child))
-    return [path for _, _, path in sorted(found)]
+    for name in storage.list_dirs(run_dir):
+        location = storage.join(run_dir, name)
+        if not name.startswith(PREFIX) or not is_checkpoint(location):
+            continue
+        try:
+            seen = _progress_of(location)["images_seen"]
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append((seen, name, location))
+    return [location for _, _, location in sorted(found)]
 
 
-def resolve(path: str | Path) -> Path:
-    """A checkpoint dir as given, or the latest checkpoint of a run dir."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{str(path)!r} does not exist")
-    if not path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is not a directory (need a checkpoint or run dir)")
+def resolve(path: str | Path) -> str:
+    """A checkpoint dir as given, or the latest checkpoint of a run dir (local or s3://)."""
+    path = str(path)
+    try:
+        if not storage.exists(path):
+            raise CheckpointError(f"{path!r} does not exist")
+        if not storage.is_dir(path):
+            raise CheckpointError(f"{path!r} is not a directory (need a checkpoint or run dir)")
+    except storage.StorageError as error:
+        raise CheckpointError(str(error)) from None
     if is_checkpoint(path):
         return path
     found = list_checkpoints(path)
     if not found:
         raise CheckpointError(
-            f"{str(path)!r} is neither a checkpoint (config.json, progress.json, state.pt) "
+            f"{path!r} is neither a checkpoint (config.json, progress.json, state.pt) "
             "nor a run directory holding checkpoint_* directories"
         )
     return found[-1]
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
-    """Load a checkpoint dir, or the latest in a run dir."""
-    path = resolve(path)
+def fetch(location: str) -> Path:
+    """A local folder holding the checkpoint at `location`: itself, or for s3:// a copy in
+    the cache, downloaded again only when the remote files changed (size or time)."""
+    if not storage.is_remote(location):
+        return Path(location)
+    fs, path = storage.filesystem(location)
+    infos = fs.get_file_info([f"{path}/{name}" for name in FILES])
+    listing = {name: [info.size, str(info.mtime)] for name, info in zip(FILES, infos, strict=True)}
+    local = storage.cache_path(location, "checkpoints")
+    stamp = local / ".listing.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == listing:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.", dir=local.parent))
     try:
+        for name in FILES:
+            storage.copy_tree(storage.join(location, name), staging / name)
+        (staging / ".listing.json").write_text(json.dumps(listing))
+        shutil.rmtree(local, ignore_errors=True)
+        os.replace(staging, local)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return local
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
+    """Load a checkpoint dir, or the latest in a run dir (local or s3://)."""
+    location = resolve(path)
+    try:
+        path = fetch(location)
         config = from_dict(json.loads((path / "config.json").read_text()))
         progress = json.loads((path / "progress.json").read_text())
         state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
     except (OSError, ValueError, ConfigError, RuntimeError, EOFError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable: {error}") from None
+        raise CheckpointError(f"checkpoint {location!r} is unreadable: {error}") from None
     if progress.get("format") != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has unknown format {progress.get('format')}"
+            f"checkpoint {location!r} has unknown format {progress.get('format')}"
         )
-    return Loaded(path=path, config=config, progress=progress, state=state)
+    return Loaded(location=location, path=path, config=config, progress=progress, state=state)
 
 
 def identity(path: str | Path) -> str:
     """SHA-256 of a checkpoint's weights file: what derived files (attribute vectors) bind to."""
     digest = hashlib.sha256()
-    with open(resolve(path) / "state.pt", "rb") as handle:
+    with open(fetch(resolve(path)) / "state.pt", "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def best(run_dir: str | Path, metric: str, mode: str = "max") -> Path | None:
+def best(run_dir: str | Path, metric: str, mode: str = "max") -> str | None:
     """The checkpoint with the best `metric` (from its progress.json) among those at the
     resolution of the latest checkpoint, or None if none recorded it."""
     found = list_checkpoints(run_dir)
     if not found or not metric:
         return None
-    progress = [json.loads((path / "progress.json").read_text()) for path in found]
+    progress = [_progress_of(location) for location in found]
     resolution = progress[-1].get("resolution")
     scored = [
         (p["metrics"][metric], path)
@@ -167,4 +211,4 @@ def prune(run_dir: str | Path, keep: int, best_metric: str = "", mode: str = "ma
         kept.add(champion)
     for old in list_checkpoints(run_dir):
         if old not in kept:
-            shutil.rmtree(old, ignore_errors=True)
+            storage.delete_tree(old)

@@ -194,7 +194,7 @@ class MetricFailed(RuntimeError):
 
 def _attributes(args: argparse.Namespace) -> str:
 
-    from pioneer import checkpoint
+    from pioneer import checkpoint, storage
     from pioneer.api import Pioneer
     from pioneer.data import to_unit_range
     from pioneer.dataset import open_run_data
@@ -218,7 +218,7 @@ def _attributes(args: argparse.Namespace) -> str:
         args.seed,
     )
     identity = checkpoint.identity(model.checkpoint_dir)
-    out = Path(args.out) if args.out else model.checkpoint_dir / VECTORS_FILE
+    out = args.out or storage.join(model.checkpoint_dir, VECTORS_FILE)
     AttributeVectors(used, vectors, counts, identity).save(out)
     print(f"attributes: {len(used)} vectors from up to {args.per_set} images each", file=sys.stderr)
     if skipped:

@@ -60,6 +60,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     threads: int = 0  # torch intra-op threads per worker (0: cores / workers)
     report_images: int = 4_000  # report metrics every this many images seen
+    # s3:// run dirs: metrics and TensorBoard files go up at every checkpoint and at least
+    # this often in between (a resume drops lines after its checkpoint anyway).
+    sync_seconds: float = 60.0
     # Collapse guard (Sec. 3.1, Fig. 3): an encoder overpowering the decoder shows as a KL gap
     # running away (or non-finite losses); roll back to the last good checkpoint and remedy.
     guard_gap: float = 3.0  # |KL gap| bound in nats (0: guard off, non-finite losses stop)
@@ -164,6 +167,8 @@ def validate(config: Config) -> None:
         )
     if not 0 < t.guard_lr_factor < 1 or t.guard_margin_step <= 0:
         raise ConfigError("train.guard_lr_factor must be in (0, 1) and guard_margin_step > 0")
+    if t.sync_seconds < 0:
+        raise ConfigError("train.sync_seconds must be >= 0")
     if t.keep_best_mode not in ("max", "min"):
         raise ConfigError(f"train.keep_best_mode must be max or min, got {t.keep_best_mode!r}")
     if config.train.keep_checkpoints < 1:

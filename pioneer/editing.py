@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pioneer import storage
+
 FORMAT = "pioneer-attributes"
 VECTORS_FILE = "attributes.pt"  # beside a checkpoint's state.pt: the default for edit()
 MAX_STRENGTH = 2.0  # the paper's edits use strengths in [-2, 2]
@@ -32,8 +34,8 @@ class AttributeVectors:
             raise ValueError(f"unknown attribute {name!r}: known are {', '.join(self.names)}")
         return self.vectors[self.names.index(name)]
 
-    def save(self, path: str | Path) -> Path:
-        from pioneer.storage import atomic_write
+    def save(self, path: str | Path) -> str:
+        """Write to a local path (atomically) or an s3:// URI."""
 
         payload = {
             "format": FORMAT,
@@ -44,12 +46,15 @@ class AttributeVectors:
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+        storage.write_bytes(path, buffer.getvalue())
+        return str(path)
 
     @classmethod
     def load(cls, path: str | Path, expected_checkpoint: str | None = None) -> AttributeVectors:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(
+                io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True
+            )
         except Exception as error:  # torch.load raises many kinds for a bad file
             raise ValueError(f"cannot read attribute vectors {str(path)!r}: {error}") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:

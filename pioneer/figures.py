@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pioneer import storage
 from pioneer.data import to_unit_range
 from pioneer.editing import AttributeVectors, attribute_vectors
 from pioneer.images import grid_image, save_png
@@ -32,9 +33,10 @@ def interpolation_grid(model, corners: torch.Tensor, steps: int) -> torch.Tensor
     return torch.stack(rows, dim=1).flatten(0, 1)  # (steps * steps, 3, R, R), row-major
 
 
-def read_metrics(metrics_file: Path) -> list[dict]:
-    """The report lines of a run's metrics.jsonl (events such as rollbacks left out)."""
-    lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+def read_metrics(metrics_file: str | Path) -> list[dict]:
+    """The report lines of a run's metrics.jsonl, local or s3:// (events left out)."""
+    text = storage.read_bytes(metrics_file).decode()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [m for m in lines if "event" not in m]
 
 
@@ -64,9 +66,9 @@ def _kl_panel(axis, lines: list[dict]) -> None:
     _phase_marks(axis, lines)
 
 
-def kl_traces(metrics_file: Path, out: Path) -> Path | None:
+def kl_traces(metrics_file: str | Path, out: Path) -> Path | None:
     """KL(q(z|x)||N) and KL(q(z|x_hat)||N) against images seen, phase changes marked (Fig. 3)."""
-    if not metrics_file.exists():
+    if not storage.exists(metrics_file):
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 3.5), dpi=120)
@@ -80,8 +82,8 @@ def kl_traces(metrics_file: Path, out: Path) -> Path | None:
 
 def training_plot(run_dir: str | Path, out: str | Path) -> Path:
     """`pioneer plot`: KL terms, their gap (and margin), losses and img/s against images seen."""
-    metrics_file = Path(run_dir) / "metrics.jsonl"
-    if not metrics_file.exists():
+    metrics_file = storage.join(run_dir, "metrics.jsonl")
+    if not storage.exists(metrics_file):
         raise ValueError(f"no metrics.jsonl in {str(run_dir)!r}: not a run dir, or nothing yet")
     lines = read_metrics(metrics_file)
     if not lines:
@@ -151,7 +153,8 @@ def write_figures(
         save("attribute_sweep", torch.cat([faces[:1], *sweep]), 1 + len(strengths))
         written["attribute_names"] = ",".join(chosen)
     if model.checkpoint_dir is not None:
-        traces = kl_traces(model.checkpoint_dir.parent / "metrics.jsonl", out_dir / "kl_traces.png")
+        metrics_file = storage.join(storage.parent(model.checkpoint_dir), "metrics.jsonl")
+        traces = kl_traces(metrics_file, out_dir / "kl_traces.png")
         if traces is not None:
             written["kl_traces"] = str(traces)
     return written

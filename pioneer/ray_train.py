@@ -1,8 +1,9 @@
 """Ray Train (V2) around the Ray-free loop: the only module that imports ray.train.
 
-The run directory `runs/<name>` is Ray's storage_path/name, so Ray keeps the checkpoints
-there (checkpoint_<images seen>/) next to the grids and metrics that rank 0 writes, and a
-second `fit` with the same run dir resumes from the latest checkpoint (V2 restoration).
+The run directory `runs/<name>` (or s3://bucket/prefix/<name>) is Ray's storage_path/name,
+so Ray keeps the checkpoints there (checkpoint_<images seen>/) next to the grids and metrics
+that rank 0 writes, and a second `fit` with the same run dir resumes from the latest
+checkpoint (V2 restoration).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from pioneer.config import Config, from_dict, to_dict
+from pioneer.rundir import RunDir
 from pioneer.training import train
 
 
 class RaySession:
     """The loop's Session under Ray Train."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: str):
         # Train logs every report at INFO through the root logger; the progress lines suffice.
         logging.getLogger().setLevel(logging.WARNING)
         context = ray.train.get_context()
@@ -66,7 +68,7 @@ class RaySession:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = from_dict(loop_config["config"])
-    train(config, RaySession(Path(loop_config["run_dir"])))
+    train(config, RaySession(loop_config["run_dir"]))
 
 
 # Worker environment: Train's print patch would echo every progress line twice.
@@ -80,21 +82,24 @@ def fit(
     use_gpu: bool = False,
     max_failures: int = 0,
 ) -> ray.train.Result:
-    """Train `config` with `workers` Ray Train workers; resumes if `run_dir` has a run."""
-    run_dir = Path(run_dir).resolve()
+    """Train `config` with `workers` Ray Train workers; resumes if `run_dir` has a run.
+
+    run_dir may be s3://bucket/prefix/name: Ray then stores checkpoints there itself, and
+    every node can resume the run, with no shared file system."""
+    run = RunDir.at(run_dir)
     for phase in config.schedule:
         if phase.batch % workers:
             raise ValueError(f"batch {phase.batch} of every phase must divide by {workers} workers")
     cpus = max(1, int(ray.available_resources().get("CPU", 1)) // workers) if not use_gpu else 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "run_dir": str(run_dir)},
+        train_loop_config={"config": to_dict(config), "run_dir": run.uri},
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
         ),
         run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            name=run.name,
+            storage_path=run.parent,
             # Rank 0 prunes (latest K plus the best by train.keep_best): Ray keeps them all.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             failure_config=FailureConfig(max_failures=max_failures),

@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
+CACHE_ENV = "PIONEER_CACHE"  # where local copies of remote checkpoints and runs are kept
+
 
 class StorageError(OSError):
     """A path or URI that cannot be read or written."""
@@ -44,6 +46,11 @@ def join(uri: str | Path, *parts: str) -> str:
     if is_remote(uri):
         return posixpath.join(uri.rstrip("/"), *parts)
     return str(Path(uri, *parts))
+
+
+def parent(uri: str | Path) -> str:
+    uri = str(uri)
+    return uri.rstrip("/").rsplit("/", 1)[0] if is_remote(uri) else str(Path(uri).parent)
 
 
 def exists(uri: str | Path) -> bool:
@@ -123,3 +130,58 @@ def delete(uri: str | Path) -> None:
         fs.delete_file(path)
     except FileNotFoundError:
         pass
+
+
+def delete_tree(uri: str | Path) -> None:
+    """Remove a folder (an S3 prefix) and everything below it; nothing there is fine."""
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise StorageError(f"cannot delete {uri}: {error}") from None
+
+
+def list_dirs(uri: str | Path) -> list[str]:
+    """Names of the folders directly below uri (empty if uri does not exist)."""
+    fs, root = filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError as error:
+        raise StorageError(f"cannot list {uri}: {error}") from None
+    return sorted(
+        posixpath.basename(info.path) for info in infos if info.type == pafs.FileType.Directory
+    )
+
+
+def copy_tree(source: str | Path, destination: str | Path) -> None:
+    """Copy a file or a folder (recursively) between local paths and s3:// URIs."""
+    source_fs, source_path = filesystem(source)
+    destination_fs, destination_path = filesystem(destination)
+    try:
+        if source_fs.get_file_info(source_path).type == pafs.FileType.File:
+            pairs = [(source_path, destination_path)]
+        else:
+            pairs = [
+                (f"{source_path}/{name}", f"{destination_path}/{name}")
+                for name, _ in list_files(source)
+            ]
+        for source_file, destination_file in pairs:
+            if not is_remote(str(destination)):  # pyarrow does not make local parent folders
+                Path(destination_file).parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(source_file, destination_file, source_fs, destination_fs)
+    except OSError as error:
+        raise StorageError(f"cannot copy {source} to {destination}: {error}") from None
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder under $PIONEER_CACHE (default ~/.cache/pioneer) for local copies of remote files."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pioneer"
+    return Path(root, *parts)
+
+
+def cache_path(uri: str, kind: str) -> Path:
+    """Where the local copy of a remote folder lives: <cache>/<kind>/<bucket>/<key>."""
+    return cache_dir(kind, *uri.split("://", 1)[1].strip("/").split("/"))

@@ -29,15 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pioneer import checkpoint
+from pioneer import checkpoint, storage
 from pioneer.config import Config
 from pioneer.data import seed_of, to_unit_range
 from pioneer.dataset import Dataset, Stream, open_dataset
 from pioneer.ema import copy_block, ema_beta, update_ema
-from pioneer.images import grid_image, save_png
+from pioneer.images import atomic_write_text, grid_image, save_png
 from pioneer.losses import decoder_loss, encoder_loss, kl_n01, latent_cosine, reconstruction_l1
 from pioneer.model import Decoder, Encoder, build_networks, power_iterate
 from pioneer.quality import psnr
+from pioneer.rundir import RunDir
 from pioneer.sampling import sample_latents
 from pioneer.schedule import Progress, progress_at, total_images
 
@@ -46,9 +47,9 @@ class Session(Protocol):
     rank: int  # this worker's global rank
     world_size: int  # number of workers
     local_world_size: int  # workers on this machine (they share its cores)
-    run_dir: Path  # where rank 0 writes grids and metrics.jsonl
+    run_dir: str | Path  # the run's home: a local folder or s3://bucket/prefix/name
 
-    def restore(self) -> Path | None:
+    def restore(self) -> str | Path | None:
         """A checkpoint directory to resume from, if any."""
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
@@ -57,22 +58,28 @@ class Session(Protocol):
 
 @dataclass
 class LocalSession:
-    """One plain process: checkpoints go straight into the run dir."""
+    """One plain process: checkpoints go straight into the run dir (renamed, or uploaded)."""
 
-    run_dir: Path
+    run_dir: str | Path
     rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def restore(self) -> Path | None:
+    def restore(self) -> str | None:
         found = checkpoint.list_checkpoints(self.run_dir)
         return found[-1] if found else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.history.append(metrics)
-        if checkpoint_dir is not None:
-            target = self.run_dir / checkpoint_dir.name
+        if checkpoint_dir is None:
+            return
+        target = storage.join(self.run_dir, checkpoint_dir.name)
+        if storage.is_remote(target):
+            storage.delete_tree(target)
+            storage.copy_tree(checkpoint_dir, target)  # S3 shows each file only once whole
+            shutil.rmtree(checkpoint_dir)
+        else:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(checkpoint_dir, target)
 
@@ -210,9 +217,10 @@ def train(config: Config, session: Session) -> Outcome:
     grid_count = config.train.grid_size * config.train.grid_rows
     grid_generator = torch.Generator().manual_seed(seed_of(config.train.seed, "grid"))
     grid_latents = sample_latents(grid_count, latent_size, grid_generator, device)
-    run_dir = Path(session.run_dir)
+    run = RunDir.at(session.run_dir)
+    run_dir = run.local  # rank 0 writes here first; run.push copies to an s3:// run dir
     if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run.start()
         _trim_metrics(run_dir / "metrics.jsonl", nets.images_seen)
         start = f"resuming at {nets.images_seen:,} images" if restored else "starting fresh"
         print(
@@ -236,6 +244,7 @@ def train(config: Config, session: Session) -> Outcome:
     sums: dict[str, torch.Tensor] = {}
     steps_in_window, window_images, window_start = 0, 0, time.perf_counter()
     quality: dict[str, float] = {}  # held-out figures at the latest checkpoint
+    pushed = time.monotonic()  # when metrics last went up to an s3:// run dir
 
     while nets.images_seen < total:
         now = _remedied(progress_at(config.schedule, nets.images_seen), nets.guard)
@@ -310,6 +319,7 @@ def train(config: Config, session: Session) -> Outcome:
                 print(f"pioneer: {event['message']}", flush=True)
                 if board is not None:
                     board.add_scalar("guard/rollbacks", event["rollback"], seen)
+                run.push("metrics.jsonl")
             session.report(event, None)
             bad_since, sums, steps_in_window, window_images = None, {}, 0, 0
             window_start = time.perf_counter()
@@ -329,7 +339,7 @@ def train(config: Config, session: Session) -> Outcome:
                     tags = [f"phase{phase}_{now.resolution}px"] + (
                         ["final"] if seen >= total else []
                     )
-                    write_grids(nets, data, grid_latents, now, config, run_dir, tags)
+                    run.push(*write_grids(nets, data, grid_latents, now, config, run_dir, tags))
                 attempt = int(nets.guard["rollbacks"])
                 checkpoint_dir = checkpoint.save(
                     run_dir / ".staging" / checkpoint.checkpoint_name(seen, attempt),
@@ -341,10 +351,15 @@ def train(config: Config, session: Session) -> Outcome:
                 handle.write(json.dumps(metrics) + "\n")
             _board_scalars(board, metrics)
             print(_progress_line(metrics, total), flush=True)
+            # Metrics go up before the checkpoint they lead to: a resume trims any excess.
+            if run.remote and (save or time.monotonic() - pushed > config.train.sync_seconds):
+                board.flush()
+                run.push("metrics.jsonl", "tensorboard")
+                pushed = time.monotonic()
         session.report(metrics, checkpoint_dir)
         if rank0 and checkpoint_dir is not None:  # the session has stored it: prune
             t = config.train
-            checkpoint.prune(run_dir, t.keep_checkpoints, t.keep_best, t.keep_best_mode)
+            checkpoint.prune(run.uri, t.keep_checkpoints, t.keep_best, t.keep_best_mode)
         sums, steps_in_window, window_images = {}, 0, 0
         window_start = time.perf_counter()
 
@@ -359,9 +374,10 @@ def train(config: Config, session: Session) -> Outcome:
     if rank0:
         summary.update(quality or heldout_quality(nets, data, final))
         t = config.train
-        champion = checkpoint.best(run_dir, t.keep_best, t.keep_best_mode)
-        summary["best_checkpoint"] = champion.name if champion else None
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        champion = checkpoint.best(run.uri, t.keep_best, t.keep_best_mode)
+        summary["best_checkpoint"] = Path(champion).name if champion else None
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        run.push("metrics.jsonl", "tensorboard", "summary.json")
     return Outcome(summary, nets)
 
 
@@ -651,8 +667,9 @@ def write_grids(
     config: Config,
     run_dir: Path,
     tags: list[str],
-) -> None:
-    """Samples from fixed latents, and fixed held-out faces above their EMA reconstructions."""
+) -> list[str]:
+    """Samples from fixed latents, and fixed held-out faces above their EMA reconstructions.
+    Returns the names of the files written."""
     row = config.train.grid_size
     real = to_unit_range(data.holdout(now.resolution)[:row])
     device = next(nets.encoder.parameters()).device
@@ -661,9 +678,12 @@ def write_grids(
     samples = grid_image(nets.decoder_ema(latents, now.phase, now.alpha), nrow=row)
     reconstructed = nets.decoder_ema(codes, now.phase, now.alpha).float().cpu()
     pairs = grid_image(torch.cat([real, reconstructed]), nrow=row)
+    written = []
     for tag in tags:
-        save_png(samples, run_dir / f"samples_{tag}.png")
-        save_png(pairs, run_dir / f"reconstructions_{tag}.png")
+        written += [f"samples_{tag}.png", f"reconstructions_{tag}.png"]
+        save_png(samples, run_dir / written[-2])
+        save_png(pairs, run_dir / written[-1])
+    return written
 
 
 def _progress_line(m: dict[str, Any], total: int) -> str:

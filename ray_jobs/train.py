@@ -4,7 +4,9 @@
                              [--workers N] [--set dotted.key=value ...]
 
 PATH is a prepared dataset (`pioneer prepare` output, local or s3://) or an image folder.
-Re-running the same command with the same run dir resumes from its latest checkpoint.
+Re-running the same command with the same run dir resumes from its latest checkpoint. The
+run dir may be s3://bucket/prefix (AWS credentials and endpoint from the usual AWS_*
+variables or an instance profile): then no node needs a shared file system.
 Also works as `ray job submit --working-dir . -- python ray_jobs/train.py ...`.
 """
 
@@ -31,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data",
         help="prepared dataset (dir or s3://) or image folder (default: the bundled CelebA faces)",
     )
-    parser.add_argument("--run-dir", help="where checkpoints, grids and metrics go (runs/<name>)")
+    parser.add_argument(
+        "--run-dir",
+        help="where checkpoints, grids and metrics go: a folder or s3://bucket/prefix "
+        "(default runs/<name>)",
+    )
     parser.add_argument("--name", help="run name (default: the preset's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pioneer.data import DataError
     from pioneer.dataset import check_data
+    from pioneer.rundir import RunDir
 
     try:  # fail here, not inside a worker
         print(f"data: {check_data(config.data, tuple(p.resolution for p in config.schedule))}")
@@ -90,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             from pioneer.training import check_eval
 
             check_eval(config)
+        run = RunDir.at(args.run_dir or Path("runs") / config.name)
+        run.check_writable()
     except (DataError, OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or Path("runs") / config.name).resolve()
 
     import ray
 
@@ -103,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         result = fit(
-            config, run_dir, workers=args.workers, use_gpu=args.gpu, max_failures=args.max_failures
+            config, run.uri, workers=args.workers, use_gpu=args.gpu, max_failures=args.max_failures
         )
     except Exception as error:  # Ray wraps worker errors: the traceback, then the cause in one line
         lines = str(error).strip().splitlines() or [type(error).__name__]
         print("\n".join(lines), file=sys.stderr)
         print(f"error: training failed: {lines[-1]}", file=sys.stderr)
         return 1
-    print(f"done in {time.perf_counter() - started:.0f} s; run dir: {run_dir}")
+    print(f"done in {time.perf_counter() - started:.0f} s; run dir: {run.uri}")
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}")
     return 0

@@ -1,6 +1,7 @@
 """Attribute editing (Eq. 6): vectors, edits, the checkpoint binding, and the two commands."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_edit_codes_adds_scaled_vectors_and_checks_strengths():
 
 def test_attributes_then_edit_from_the_command_line(run, face_shards, tmp_path, capsys):
     assert main(["attributes", str(run), "--data", str(face_shards), "--per-set", "8"]) == 0
-    latest = checkpoint.resolve(run)
+    latest = Path(checkpoint.resolve(run))
     assert (latest / "attributes.pt").exists()
     out = tmp_path / "edit.png"
     args = ["edit", str(run), str(FACES[0]), "--out", str(out)]
@@ -65,7 +66,7 @@ def test_attributes_then_edit_from_the_command_line(run, face_shards, tmp_path, 
 
 def test_vectors_of_another_checkpoint_are_refused(run, face_shards):
     assert main(["attributes", str(run), "--data", str(face_shards), "--per-set", "4"]) == 0
-    older, latest = checkpoint.list_checkpoints(run)[-2:]
+    older, latest = map(Path, checkpoint.list_checkpoints(run)[-2:])
     model = Pioneer.from_checkpoint(older)
     with pytest.raises(ValueError, match="no attribute vectors beside the checkpoint"):
         model.edit(model.load_images(FACES[:1]), "Smiling", 1.0)

@@ -12,6 +12,7 @@ import pytest
 from pioneer import checkpoint
 from pioneer.schedule import total_images
 from tests.conftest import tiny_config
+from tests.test_training import diverging_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -99,7 +100,9 @@ def _loop_checking_ranks(loop_config):
         (Path(loop_config["run_dir"]) / "ranks.json").write_text(json.dumps(everyone))
 
 
-def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, face_shards):
+def test_two_workers_stay_identical_through_a_collapse_guard_rollback(tmp_path, face_shards):
+    """2 ranks: weights and spectral-norm u/v equal bit for bit, also after both ranks agree
+    to roll back (a huge learning rate forces the KL gap past the guard's bound)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -107,7 +110,7 @@ def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, 
     from pioneer.config import to_dict
     from pioneer.ray_train import WORKER_ENV
 
-    config = tiny_config(face_shards)
+    config = diverging_config(face_shards, guard_lr_factor=1e-4)
     run_dir = tmp_path / "ddp"
     env = {
         **WORKER_ENV,
@@ -130,6 +133,10 @@ def test_two_workers_keep_weights_and_spectral_norm_vectors_identical(tmp_path, 
     assert ranks[0]["digests"] == ranks[1]["digests"]  # weights, u/v and EMA, bit for bit
     assert ranks[0]["seen"] == ranks[1]["seen"] == total_images(config.schedule)
     assert checkpoint.load(run_dir).progress["images_seen"] == total_images(config.schedule)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    events = [m for m in lines if m.get("event") == "collapse_rollback"]
+    assert len(events) == 1 and "KL gap" in events[0]["cause"]
+    assert checkpoint.load(run_dir).state["guard"]["lr_scale"] == pytest.approx(1e-4)
 
 
 def test_a_worker_error_ends_in_one_line_naming_the_cause(tmp_path):

@@ -130,14 +130,14 @@ def test_periodic_metrics_needing_missing_weights_fail_before_training(
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def _diverging(face_shards, lr=50.0, **guard):
+def diverging_config(face_shards, lr=50.0, **guard):
     """The smoke run with a learning rate that blows the KL gap up within 64 images."""
     config = tiny_config(face_shards, guard_gap=3.0, guard_images=64, **guard)
     return replace(config, schedule=tuple(replace(p, lr=lr) for p in config.schedule))
 
 
 def test_the_collapse_guard_rolls_back_and_applies_the_remedy(tmp_path, face_shards):
-    config = _diverging(face_shards, guard_lr_factor=1e-4)
+    config = diverging_config(face_shards, guard_lr_factor=1e-4)
     outcome = train(config, LocalSession(tmp_path / "guarded"))
     lines = [json.loads(line) for line in (tmp_path / "guarded" / "metrics.jsonl").open()]
     events = [m for m in lines if m.get("event") == "collapse_rollback"]
@@ -147,7 +147,7 @@ def test_the_collapse_guard_rolls_back_and_applies_the_remedy(tmp_path, face_sha
     assert latest.state["guard"]["lr_scale"] == pytest.approx(1e-4)
     assert latest.path.name == "checkpoint_0000000384-r1"  # retaken after the rollback
     # Rolled back to the start with lr x1e-4: exactly a fresh run at lr 0.005.
-    fresh = train(_diverging(face_shards, lr=0.005), LocalSession(tmp_path / "fresh"))
+    fresh = train(diverging_config(face_shards, lr=0.005), LocalSession(tmp_path / "fresh"))
     figures = lambda summary: {k: v for k, v in summary.items() if k != "best_checkpoint"}  # noqa: E731
     assert figures(outcome.summary) == figures(fresh.summary)
 
@@ -156,8 +156,8 @@ def test_the_collapse_guard_gives_up_with_a_clear_message(tmp_path, face_shards)
     from pioneer.training import CollapseError
 
     with pytest.raises(CollapseError, match=r"collapsed at 64 images .* after 0 rollback\(s\)"):
-        train(_diverging(face_shards, guard_rollbacks=0), LocalSession(tmp_path / "a"))
-    config = _diverging(face_shards, guard_remedy="margin", guard_rollbacks=1)
+        train(diverging_config(face_shards, guard_rollbacks=0), LocalSession(tmp_path / "a"))
+    config = diverging_config(face_shards, guard_remedy="margin", guard_rollbacks=1)
     with pytest.raises(CollapseError, match="after 1 rollback"):
         train(config, LocalSession(tmp_path / "b"))
     text = (tmp_path / "b" / "metrics.jsonl").read_text()
