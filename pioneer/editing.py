@@ -118,13 +118,17 @@ def edit_codes(
     attribute: str | torch.Tensor | dict[str, float],
     strength: float,
     vectors: AttributeVectors | None,
+    max_strength: float = MAX_STRENGTH,
 ) -> torch.Tensor:
-    """Eq. 6 on codes (N, D): add strength * vector for each attribute asked for."""
+    """Eq. 6 on codes (N, D): add strength * vector for each attribute asked for; strengths
+    beyond +-max_strength are refused (the paper's range by default)."""
     edits = attribute if isinstance(attribute, dict) else {attribute: strength}
     out = z.clone()
     for key, amount in edits.items():
-        if not -MAX_STRENGTH <= float(amount) <= MAX_STRENGTH:
-            raise ValueError(f"strength must be in [-2, 2] (the paper's range), got {amount}")
+        if not -max_strength <= float(amount) <= max_strength:
+            raise ValueError(
+                f"strength must be in [-{max_strength:g}, {max_strength:g}], got {amount}"
+            )
         if isinstance(key, torch.Tensor):
             direction = key.reshape(-1)
         else:

@@ -42,20 +42,29 @@ def crop_box(width: int, height: int, crop: str) -> tuple[int, int, int, int]:
     return (left, top, left + side, top + side)
 
 
-def decode(data: bytes) -> tuple[Image.Image, str | None]:
-    """Bytes -> (RGB image, the source mode when it had to be converted, else None)."""
+def decode(data: bytes, max_pixels: int | None = None) -> tuple[Image.Image, str | None]:
+    """Bytes -> (RGB image, the source mode when it had to be converted, else None).
+
+    max_pixels: refuse larger images from their header alone, before any pixel is decoded
+    (the HTTP service's guard against decompression bombs; Pillow's own limit is ~179 MP)."""
     if not data:
         raise ImageSkip("empty", "zero-byte file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageSkip("too_large", f"{width}x{height} is over {max_pixels:,} pixels")
             image.load()
         image = ImageOps.exif_transpose(image)
+    except ImageSkip:
+        raise
     except UnidentifiedImageError:
         raise ImageSkip("not_image", "not a readable image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageSkip("corrupt", f"too many pixels: {error}") from None
+        reason = "too_large" if max_pixels is not None else "corrupt"
+        raise ImageSkip(reason, f"too many pixels: {error}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise ImageSkip("corrupt", str(error) or type(error).__name__) from None
     mode = image.mode
