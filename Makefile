@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pioneer ray_jobs tests bench
-	$(VENV)/bin/ruff format --check pioneer ray_jobs tests bench
+	$(VENV)/bin/ruff check pioneer ray_jobs serve tests bench
+	$(VENV)/bin/ruff format --check pioneer ray_jobs serve tests bench
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py $(ARGS)

@@ -267,3 +267,103 @@ def test_the_health_check_fails_when_the_model_cannot_run(served_run):
             parameter.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="non-finite"):
         replica.check_health()
+
+
+def test_overload_answers_503_at_once_instead_of_queueing(service, served_run):
+    """A decoder that takes one request and queues one: a burst gets 503s with Retry-After."""
+    from ray import serve
+
+    from serve.app import Decoder, Encoder, build_service
+    from serve.options import ServeOptions
+
+    base, _ = service
+    args = ServeOptions(checkpoint=str(served_run)).to_args()
+    free = {"ray_actor_options": {"num_cpus": 0}}  # the first app holds both CPUs
+    tight = Decoder.options(max_ongoing_requests=1, max_queued_requests=1, **free)
+    app = build_service(ServeOptions.from_args(args)).bind(
+        Encoder.options(**free).bind(args), tight.bind(args), args
+    )
+    serve.run(app, name="tight", route_prefix="/tight")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: requests.post(f"{base}/tight/v1/sample", json={"n": 64}, timeout=60),
+                    range(48),
+                )
+            )
+    finally:
+        serve.delete("tight")
+    codes = [a.status_code for a in answers]
+    assert set(codes) == {200, 503} and codes.count(503) > 0, codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert "overloaded" in refused.json()["error"] and refused.headers["retry-after"] == "1"
+
+
+PIXELS = """
+const img = document.getElementById(arguments[0]);
+const canvas = document.createElement("canvas");
+canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+canvas.getContext("2d").drawImage(img, 0, 0);
+return canvas.toDataURL("image/png");
+"""
+
+
+def chromium():
+    """Debian's headless chromium through its chromedriver (.ci/run installs both)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver, "install chromium and chromium-driver (apt), as .ci/run does"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_web_page_edits_an_uploaded_face_as_a_slider_moves(service):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = service
+    browser = chromium()
+    wait = WebDriverWait(browser, 60)
+    try:
+        browser.get(f"{base}/")
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#sliders input")) == 3)
+        assert "images seen" in browser.find_element(By.ID, "model").text
+        browser.find_element(By.ID, "upload").send_keys(str(FACES[0]))
+        edited = browser.find_element(By.ID, "edited")
+        wait.until(lambda b: edited.get_attribute("data-version") != "0")
+        assert browser.find_element(By.ID, "reconstruction").get_attribute("data-ready") == "1"
+        before_version = edited.get_attribute("data-version")
+        before = browser.execute_script(PIXELS, "edited")
+
+        smiling = browser.find_element(By.CSS_SELECTOR, '#sliders input[data-name="Smiling"]')
+        smiling.send_keys(*[Keys.ARROW_RIGHT] * 15)  # a user pressing -> on the slider: +1.5
+        wait.until(lambda b: edited.get_attribute("data-version") != before_version)
+        assert float(smiling.get_attribute("value")) == pytest.approx(1.5)
+        assert browser.execute_script(PIXELS, "edited") != before
+        assert browser.find_element(By.ID, "status").text == ""
+
+        gallery = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
+        assert len(gallery) == 12
+        gallery[0].click()
+        wait.until(lambda b: "chosen" in gallery[0].get_attribute("class"))
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(browser).key_down(Keys.SHIFT).click(gallery[1]).key_up(Keys.SHIFT).perform()
+        wait.until(lambda b: "second" in gallery[1].get_attribute("class"))
+        browser.find_element(By.ID, "interpolate").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#strip img"))
+        browser.find_element(By.ID, "random").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#samples img"))
+        strip = browser.find_element(By.CSS_SELECTOR, "#strip img")
+        width = browser.execute_script("return arguments[0].naturalWidth", strip)
+        assert width == 8 * 64 + 9 * 2  # 8 steps of 64 px tiles
+        assert browser.find_element(By.ID, "status").text == ""
+    finally:
+        browser.quit()
