@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py $(ARGS)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/eval_throughput.py
+	$(PY) bench/serve_load.py
 
 clean-venv:
 	rm -rf $(VENV)

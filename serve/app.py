@@ -63,6 +63,7 @@ class _Model:
         self.forward.set_max_batch_size(options.max_batch_size)
         self.forward.set_batch_wait_timeout_s(options.batch_wait_s)
         self.batch_sizes: list[int] = []  # images per forward pass, for stats()
+        self.ongoing = self.peak_ongoing = 0  # requests in this replica, for stats()
 
     def forward_pass(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a batch, float output."""
@@ -76,11 +77,19 @@ class _Model:
     async def forward(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
         sizes = [len(x) for x in items]
         self.batch_sizes.append(sum(sizes))
-        out = await asyncio.to_thread(self.run, torch.cat(items))
+        # On the replica's event loop, not in a thread: requests that arrive meanwhile wait
+        # in Serve's queue and all join the next batch (a thread here, contending for the
+        # GIL, let them trickle in one by one: mean batch 1.3 instead of 16 at 32 clients).
+        out = self.run(torch.cat(items))
         return list(out.split(sizes))
 
     async def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        parts = await asyncio.gather(*(self.forward(part) for part in x.split(self.chunk)))
+        self.ongoing += 1
+        self.peak_ongoing = max(self.peak_ongoing, self.ongoing)
+        try:
+            parts = await asyncio.gather(*(self.forward(part) for part in x.split(self.chunk)))
+        finally:
+            self.ongoing -= 1
         return torch.cat(parts)
 
     def check_health(self) -> None:
@@ -91,7 +100,13 @@ class _Model:
 
     def stats(self) -> dict[str, Any]:
         sizes, self.batch_sizes = self.batch_sizes, []
-        return {"batches": len(sizes), "images": sum(sizes), "largest": max(sizes, default=0)}
+        peak, self.peak_ongoing = self.peak_ongoing, self.ongoing
+        return {
+            "batches": len(sizes),
+            "images": sum(sizes),
+            "largest": max(sizes, default=0),
+            "peak_ongoing": peak,
+        }
 
 
 @serve.deployment(max_ongoing_requests=64, max_queued_requests=256)
@@ -273,11 +288,11 @@ def build_service(options: ServeOptions):
         async def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
             return await self._call(self.decoder, z)
 
-        async def _form(self, request: Request):
+        async def _form(self, request: Request, files: int = MAX_FACES):
             kind = request.headers.get("content-type", "")
             if not kind.startswith("multipart/form-data"):
                 raise RequestError(415, f"send multipart/form-data, not {kind or 'no type'!r}")
-            return await request.form(max_files=MAX_FACES, max_fields=8)
+            return await request.form(max_files=files, max_fields=8)
 
         async def _images(self, form, field: str, low: int, high: int) -> list[torch.Tensor]:
             uploads = form.getlist(field)
@@ -352,10 +367,11 @@ def build_service(options: ServeOptions):
             openapi_extra=_multipart("image(s)", {"image": FILE, "images": FILES}),
         )
         async def encode(self, request: Request):
-            form = await self._form(request)
+            form = await self._form(request, files=self.options.max_n)
             field = "images" if "images" in form else "image"
-            high = self.options.max_n if field == "images" else 1
-            images = await self._images(form, field, 1, min(high, MAX_FACES))
+            images = await self._images(
+                form, field, 1, self.options.max_n if field == "images" else 1
+            )
             z = await self.encode_images(images)
             return {"latents": z.tolist()}
 

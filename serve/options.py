@@ -31,7 +31,9 @@ class ServeOptions:
     max_strength: float = 5.0  # |strength| of an edit, per attribute
     # Dynamic batching (serve.batch) in the encoder and decoder replicas.
     max_batch_size: int = 32  # images in one forward pass
-    batch_wait_s: float = 0.005  # how long a batch waits for more requests
+    # How long a batch waits for more requests after its first. 0: take what is queued; under
+    # load, requests queue during the previous forward pass and form the next batch.
+    batch_wait_s: float = 0.0
     request_timeout_s: float = 60.0  # a model call that takes longer answers 503
 
     @classmethod
