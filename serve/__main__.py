@@ -70,17 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    ray.init(address=os.environ.get("RAY_ADDRESS"))
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(app, name="pioneer", route_prefix="/")
-    print(f"pioneer: serving on http://{args.host}:{args.port}/ (docs at /docs)", flush=True)
     stop = threading.Event()
+    ray.init(address=os.environ.get("RAY_ADDRESS"))
+    # Ray's core worker installs a SIGTERM handler that aborts the process: replace it, so
+    # that SIGTERM (also while the app is still starting) shuts the service down cleanly.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app, name="pioneer", route_prefix="/")
+        print(f"pioneer: serving on http://{args.host}:{args.port}/ (docs at /docs)", flush=True)
         stop.wait()
     except KeyboardInterrupt:
         pass
+    print("pioneer: shutting down", flush=True)
     serve.shutdown()
+    ray.shutdown()
     return 0
 
 

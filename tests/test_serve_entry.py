@@ -81,7 +81,7 @@ def test_python_m_serve_serves_a_checkpoint_until_terminated(trained_run):
         assert sample.status_code == 200 and sample.content[:4] == b"\x89PNG"
     finally:
         code = _stop(process, signal.SIGTERM)
-    assert code == 0
+    assert code == 0, process.stdout.read()[-3000:]
 
 
 @pytest.mark.slow
