@@ -214,9 +214,12 @@ def _parse_value(raw: str) -> Any:
 def _set_dotted(data: Any, key: str, value: Any, full_key: str) -> None:
     head, _, rest = key.partition(".")
     if isinstance(data, list):
-        if not head.isdigit() or int(head) >= len(data):
-            raise ConfigError(f"unknown key {full_key!r}: index {head!r} out of range")
-        slot: Any = int(head)
+        indices = _indices(head, len(data), full_key)
+        if len(indices) > 1 or not head.isdigit():  # schedule.*.lr, schedule.4-6.margin
+            for index in indices:
+                _set_dotted(data, f"{index}.{rest}" if rest else str(index), value, full_key)
+            return
+        slot: Any = indices[0]
     elif isinstance(data, dict):
         if head not in data:
             known = ", ".join(sorted(data))
@@ -228,6 +231,21 @@ def _set_dotted(data: Any, key: str, value: Any, full_key: str) -> None:
         _set_dotted(data[slot], rest, value, full_key)
     else:
         data[slot] = value
+
+
+def _indices(head: str, length: int, full_key: str) -> list[int]:
+    """A list index in a dotted key: N, * (every one), A-B (inclusive) or A- (A to the end)."""
+    if head == "*":
+        return list(range(length))
+    first, dash, last = head.partition("-")
+    if first.isdigit() and (not dash or last == "" or last.isdigit()):
+        low = int(first)
+        high = int(last) if last else (length - 1 if dash else low)
+        if low <= high < length:
+            return list(range(low, high + 1))
+    raise ConfigError(
+        f"unknown key {full_key!r}: index {head!r} out of range 0-{length - 1} (N, A-B, A- or *)"
+    )
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -75,6 +75,42 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
+def make_trainer(
+    config: Config,
+    run_dir: str | Path,
+    workers: int = 1,
+    use_gpu: bool = False,
+    max_failures: int = 0,
+    cpus_per_worker: float | None = None,
+    callbacks: list | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer for `config` whose run dir (local or s3://) is `run_dir`; it resumes
+    the run found there. cpus_per_worker: default, the free CPUs shared among workers."""
+    run = RunDir.at(run_dir)
+    for phase in config.schedule:
+        if phase.batch % workers:
+            raise ValueError(f"batch {phase.batch} of every phase must divide by {workers} workers")
+    if cpus_per_worker is None:
+        free = int(ray.available_resources().get("CPU", 1))
+        cpus_per_worker = 1 if use_gpu else max(1, free // workers)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(config), "run_dir": run.uri},
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run.name,
+            storage_path=run.parent,
+            # Rank 0 prunes (latest K plus the best by train.keep_best): Ray keeps them all.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            failure_config=FailureConfig(max_failures=max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines suffice
+            callbacks=callbacks or [],
+        ),
+    )
+
+
 def fit(
     config: Config,
     run_dir: str | Path,
@@ -86,24 +122,4 @@ def fit(
 
     run_dir may be s3://bucket/prefix/name: Ray then stores checkpoints there itself, and
     every node can resume the run, with no shared file system."""
-    run = RunDir.at(run_dir)
-    for phase in config.schedule:
-        if phase.batch % workers:
-            raise ValueError(f"batch {phase.batch} of every phase must divide by {workers} workers")
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)) // workers) if not use_gpu else 1
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "run_dir": run.uri},
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
-        ),
-        run_config=RunConfig(
-            name=run.name,
-            storage_path=run.parent,
-            # Rank 0 prunes (latest K plus the best by train.keep_best): Ray keeps them all.
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-            failure_config=FailureConfig(max_failures=max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines suffice
-        ),
-    )
-    return trainer.fit()
+    return make_trainer(config, run_dir, workers, use_gpu, max_failures).fit()
