@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/tune_overhead.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -38,7 +38,7 @@ class SweepOptions:
     trials: int = 2  # number of trials (Tune's num_samples)
     metric: str = "heldout_psnr_ema"  # what the scheduler and the table rank by
     mode: str = "max"  # max or min
-    scheduler: str = "asha"  # asha, pbt or none
+    scheduler: str = "asha"  # asha (early stopping on the metric) or none
     search: str = "random"  # random or optuna
     workers_per_trial: int = 1  # Ray Train workers in each trial
     use_gpu: bool = False  # one GPU per worker
@@ -46,7 +46,7 @@ class SweepOptions:
 
 
 def _distribution(param) -> Any:
-    low, high = param.args[0], param.args[-1] if param.kind != "quniform" else param.args[1]
+    low, high = param.args[0], param.args[min(1, len(param.args) - 1)]
     return {
         "uniform": lambda: tune.uniform(low, high),
         "loguniform": lambda: tune.loguniform(low, high),
