@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from pioneer.config import BUNDLED_CELEBA, Config, DataConfig, preset
 
 FACES = sorted((BUNDLED_CELEBA / "images").glob("*.jpg"))
 ATTRIBUTES = BUNDLED_CELEBA / "list_attr_celeba.txt"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def attribute_lines(names: list[str]) -> str:

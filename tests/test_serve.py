@@ -5,7 +5,6 @@ import io
 import json
 import random
 import shutil
-import socket
 import struct
 import zlib
 
@@ -20,15 +19,9 @@ from pioneer import checkpoint, storage
 from pioneer.api import Pioneer
 from pioneer.data import to_uint8
 from pioneer.editing import VECTORS_FILE, AttributeVectors
-from tests.conftest import FACES
+from tests.conftest import FACES, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from serve.options import ServeOptions
-from tests.test_serve import free_port
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "serve" / "config.yaml"
