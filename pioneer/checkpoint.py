@@ -158,14 +158,21 @@ def fetch(location: str) -> Path:
     return local
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
-    """Load a checkpoint dir, or the latest in a run dir (local or s3://)."""
+def load(
+    path: str | Path, map_location: str | torch.device = "cpu", weights: bool = True
+) -> Loaded:
+    """Load a checkpoint dir, or the latest in a run dir (local or s3://); with
+    weights=False only its config and progress (state is then empty)."""
     location = resolve(path)
     try:
         path = fetch(location)
         config = from_dict(json.loads((path / "config.json").read_text()))
         progress = json.loads((path / "progress.json").read_text())
-        state = torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+        state = (
+            torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+            if weights
+            else {}
+        )
     except (OSError, ValueError, ConfigError, RuntimeError, EOFError) as error:
         raise CheckpointError(f"checkpoint {location!r} is unreadable: {error}") from None
     if progress.get("format") != FORMAT_VERSION:

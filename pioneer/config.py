@@ -193,6 +193,12 @@ def to_json(config: Config) -> str:
     return json.dumps(to_dict(config), indent=2)
 
 
+def with_data(config: Config, path: str) -> Config:
+    """The config reading `path` (a local path, made absolute, or an s3:// URI)."""
+    path = path if "://" in path else str(Path(path).resolve())
+    return replace(config, data=replace(config.data, path=path))
+
+
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply `dotted.key=value` strings; values are parsed as JSON, else taken as strings."""
     data = to_dict(config)

@@ -21,7 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from pioneer.config import PRESETS, ConfigError, apply_overrides, preset, validate  # noqa: E402
+from pioneer.config import (  # noqa: E402
+    PRESETS,
+    ConfigError,
+    apply_overrides,
+    preset,
+    validate,
+    with_data,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.name:
             config = replace(config, name=args.name)
         if args.data:
-            path = args.data if "://" in args.data else str(Path(args.data).resolve())
-            config = replace(config, data=replace(config.data, path=path))
+            config = with_data(config, args.data)
         if args.keep is not None:
             config = replace(config, train=replace(config.train, keep_checkpoints=args.keep))
         if args.max_failures < 0:

@@ -19,7 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from pioneer.config import PRESETS, ConfigError, apply_overrides, preset, validate  # noqa: E402
+from pioneer.config import (  # noqa: E402
+    PRESETS,
+    ConfigError,
+    apply_overrides,
+    preset,
+    validate,
+    with_data,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,15 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from dataclasses import replace
-
     from pioneer.space import load_space
 
     try:
         base = apply_overrides(preset(args.preset), args.overrides)
         if args.data:
-            path = args.data if "://" in args.data else str(Path(args.data).resolve())
-            base = replace(base, data=replace(base.data, path=path))
+            base = with_data(base, args.data)
         validate(base)
         space = load_space(args.space, base)
         if args.trials < 1 or args.workers_per_trial < 1:

@@ -9,9 +9,9 @@ deployment, each batching concurrent requests into one forward pass (`serve.batc
 
 import asyncio
 import base64
-import json
 import math
 import secrets
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +28,6 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from pioneer import checkpoint, storage
-from pioneer.config import from_dict
 from pioneer.data import to_uint8, to_unit_range
 from pioneer.editing import VECTORS_FILE, AttributeVectors, edit_codes
 from pioneer.sampling import interpolation_fractions, sample_latents, slerp
@@ -41,7 +40,7 @@ PAGE = Path(__file__).with_name("page.html")
 MAX_FACES = 6  # faces (or latents) one interpolation passes through
 
 
-class _Model:
+class _Model(ABC):
     """One network of the checkpoint in a replica. Requests of k images are cut into
     chunks of at most max_batch_size; chunks from concurrent requests share a forward."""
 
@@ -65,9 +64,9 @@ class _Model:
         self.batch_sizes: list[int] = []  # images per forward pass, for stats()
         self.ongoing = self.peak_ongoing = 0  # requests in this replica, for stats()
 
+    @abstractmethod
     def forward_pass(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a batch, float output."""
-        raise NotImplementedError
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """What a caller receives for a batch."""
@@ -243,10 +242,8 @@ def build_service(options: ServeOptions):
         def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle, args: dict):
             self.options = ServeOptions.from_args(args)
             self.encoder, self.decoder = encoder, decoder
-            location = checkpoint.resolve(self.options.checkpoint)
-            local = checkpoint.fetch(location)
-            config = from_dict(json.loads((local / "config.json").read_text()))
-            progress = json.loads((local / "progress.json").read_text())
+            loaded = checkpoint.load(self.options.checkpoint, weights=False)
+            location, config, progress = loaded.location, loaded.config, loaded.progress
             self.crop = config.data.crop
             self.resolution = 4 * 2 ** int(progress["phase"])
             self.latent_size = config.model.latent_size
