@@ -1,13 +1,15 @@
 """A real Ray cluster on 127.0.0.1: `ray job submit`, a worker killed mid-run, a lost driver.
 
-The head node runs with Ray 2.60's default token auth; clients pass RAY_AUTH_MODE=token,
-which reads the token `ray start` wrote to ~/.ray/auth_token.
+The head node runs with token auth on (RAY_AUTH_MODE=token): `ray start` in that mode needs a
+token and never creates one, so the test writes its own and points the head and every
+client at it (RAY_AUTH_TOKEN_PATH), leaving ~/.ray/auth_token alone.
 """
 
 import json
 import os
 import random
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,10 +27,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(tmp_path_factory):
     """`ray start --head` on free ports; stopped (with every Ray process) at the end."""
     port, dashboard = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    token = tmp_path_factory.mktemp("auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run(
         [BIN / "ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
