@@ -4,8 +4,10 @@
 
 Times, in this same run, (a) `ray_jobs/train.py` and (b) `ray_jobs/tune.py` with a space
 that pins every trial to the base config's own learning rates (so each trial trains
-exactly what (a) trains), --scheduler none. Both are whole processes (Ray start-up
-included); the overhead per trial is ((b) - (a)) / trials beyond the first run's cost.
+exactly what (a) trains), --scheduler none, and (c) the same with --scheduler pbt (single-
+process trials side by side, a thread each; every perturbation pauses all trials and
+restarts the weak ones from a strong one's checkpoint, which costs a process start). All
+are whole processes (Ray start-up included).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wall(command: list[str]) -> float:
+def wall(command: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, done.stdout
 
 
 def main() -> None:
@@ -39,46 +41,28 @@ def main() -> None:
     from pioneer.config import preset
 
     lr = preset(args.preset).schedule[0].lr
-    alone, swept = [], []
+    alone, swept, pbt, restarts = [], [], [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as folder:
             space = Path(folder, "space.yaml")
             space.write_text(f"params:\n  schedule.0.lr: {{choice: [{lr}]}}\n")
-            alone.append(
-                wall(
-                    [
-                        sys.executable,
-                        "ray_jobs/train.py",
-                        "--preset",
-                        args.preset,
-                        "--run-dir",
-                        f"{folder}/alone",
-                    ]
-                )  # fmt: skip
-            )
-            swept.append(
-                wall(
-                    [
-                        sys.executable,
-                        "ray_jobs/tune.py",
-                        "--preset",
-                        args.preset,
-                        "--space",
-                        str(space),
-                        "--trials",
-                        str(args.trials),
-                        "--scheduler",
-                        "none",
-                        "--run-dir",
-                        f"{folder}/sweep",
-                    ]
-                )  # fmt: skip
-            )
-    a, b = statistics.median(alone), statistics.median(swept)
+            train = [sys.executable, "ray_jobs/train.py", "--preset", args.preset]
+            alone.append(wall([*train, "--run-dir", f"{folder}/alone"])[0])
+            sweep = [
+                sys.executable, "ray_jobs/tune.py", "--preset", args.preset,
+                "--space", str(space), "--trials", str(args.trials),
+            ]  # fmt: skip
+            swept.append(wall([*sweep, "--scheduler", "none", "--run-dir", f"{folder}/s"])[0])
+            seconds, out = wall([*sweep, "--scheduler", "pbt", "--run-dir", f"{folder}/p"])
+            pbt.append(seconds)
+            restarts.append(out.count("trial continues from"))
+    a, b, c = statistics.median(alone), statistics.median(swept), statistics.median(pbt)
     print(f"{args.preset}: training alone {a:.1f} s (median of {args.repeats}); "
-          f"sweep of {args.trials} trial(s) {b:.1f} s")  # fmt: skip
+          f"sweep of {args.trials} trial(s) {b:.1f} s; pbt sweep {c:.1f} s")  # fmt: skip
     print(f"  per trial {b / args.trials:.1f} s = {b / args.trials / a:.2f}x the run alone; "
           f"sweep / (trials x alone) = {b / (args.trials * a):.2f}")  # fmt: skip
+    print(f"  pbt: {c / (args.trials * a):.2f}x (trials x alone), "
+          f"{statistics.median(restarts):.0f} trial restart(s) from checkpoints")  # fmt: skip
 
 
 if __name__ == "__main__":

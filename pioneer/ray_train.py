@@ -32,6 +32,13 @@ from pioneer.rundir import RunDir
 from pioneer.training import train
 
 
+def local_directory(found: Checkpoint) -> Path:
+    """A Ray checkpoint as a local folder: itself if local, else downloaded."""
+    if isinstance(found.filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(found.path)
+    return Path(found.to_directory(tempfile.mkdtemp(prefix="pioneer-restore-")))
+
+
 class RaySession:
     """The loop's Session under Ray Train."""
 
@@ -46,11 +53,7 @@ class RaySession:
 
     def restore(self) -> Path | None:
         found = ray.train.get_checkpoint()
-        if found is None:
-            return None
-        if isinstance(found.filesystem, pyarrow.fs.LocalFileSystem):
-            return Path(found.path)
-        return Path(found.to_directory(tempfile.mkdtemp(prefix="pioneer-restore-")))
+        return None if found is None else local_directory(found)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is None:

@@ -18,6 +18,7 @@ range fails with the key named. Free of Ray: pioneer.ray_tune turns a Space into
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,35 @@ def extremes(param: Param) -> list[Any]:
     if param.kind == "randint":
         return [param.args[0], param.args[1] - 1]
     return [param.args[0], param.args[1]]
+
+
+# Keys that population-based training may change mid-run: they steer the optimisation, not
+# the networks' shapes or the schedule's length, so one trial's checkpoint continues under
+# another trial's values.
+MUTABLE = re.compile(r"schedule\.[^.]+\.(lr|margin)|loss\.[a-z_]+|train\.decoder_steps")
+
+
+def check_mutable(space: Space) -> None:
+    """Refuse a space that PBT cannot mutate during training, naming the first bad key."""
+    for param in space.params:
+        if not MUTABLE.fullmatch(param.key):
+            raise ConfigError(
+                f"space key {param.key!r} cannot change during training (pbt mutates only "
+                "schedule.<phases>.lr, schedule.<phases>.margin, loss.* and "
+                "train.decoder_steps); use --scheduler asha to search it"
+            )
+
+
+def clip(param: Param, value: Any) -> Any:
+    """A mutated value brought back into the param's range and grid (PBT multiplies
+    numbers by 0.8 or 1.2, which can leave both)."""
+    if param.kind == "choice" or value is None:
+        return value
+    low, high = extremes(param)
+    value = min(max(value, low), high)
+    if param.kind == "quniform":
+        value = round(value / param.args[2]) * param.args[2]
+    return int(round(value)) if param.kind == "randint" else value
 
 
 def config_for(base: Config, values: dict[str, Any]) -> Config:

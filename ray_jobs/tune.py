@@ -1,8 +1,13 @@
 """Sweep hyperparameters with Ray Tune: each trial a full Ray Train run of the loop.
 
     python ray_jobs/tune.py --preset smoke --space ray_jobs/spaces/smoke.yaml --trials 2
-        [--scheduler asha|none] [--search random|optuna] [--metric NAME --mode min|max]
+        [--scheduler asha|pbt|none] [--search random|optuna] [--metric NAME --mode min|max]
         [--workers-per-trial K] [--gpu] [--run-dir PATH|s3://...] [--set key=value ...]
+        [--perturbation-images N]
+
+asha: each trial a Ray Train run with K workers, weak ones stopped early. pbt: a population
+of single-worker trials, the weak ones restarted from the strong ones' checkpoints with
+mutated margins and learning rates every N images (default: train.checkpoint_images).
 
 The space file (see ray_jobs/spaces/paper.yaml) uses the same dotted keys as --set. At the
 end: RUN_DIR/results.csv (trials sorted by the metric), a printed summary, and the best
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
@@ -36,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--space", required=True, help="search space YAML")
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--scheduler", default="asha", choices=("asha", "none"))
+    parser.add_argument("--scheduler", default="asha", choices=("asha", "pbt", "none"))
     parser.add_argument("--search", default="random", choices=("random", "optuna"))
     parser.add_argument("--metric", help="default: the space file's, else heldout_psnr_ema")
     parser.add_argument("--mode", choices=("min", "max"), help="default: the space file's; max")
@@ -46,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", help="default: runs/sweep-<preset>")
     parser.add_argument("--seed", type=int, default=0, help="search algorithm seed")
     parser.add_argument(
+        "--perturbation-images", type=int, default=0,
+        help="pbt: images between perturbations (default: train.checkpoint_images)",
+    )  # fmt: skip
+    parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="fixed overrides of the base config, as for ray_jobs/train.py",
     )  # fmt: skip
@@ -54,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pioneer.space import load_space
+    from pioneer.ray_tune import SweepOptions, sweep
+    from pioneer.space import check_mutable, load_space
 
     try:
         base = apply_overrides(preset(args.preset), args.overrides)
@@ -64,6 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space, base)
         if args.trials < 1 or args.workers_per_trial < 1:
             raise ConfigError("--trials and --workers-per-trial must be >= 1")
+        options = SweepOptions(
+            run_dir=args.run_dir or str(Path("runs") / f"sweep-{args.preset}"),
+            trials=args.trials,
+            metric=args.metric or space.metric or "heldout_psnr_ema",
+            mode=args.mode or space.mode or "max",
+            scheduler=args.scheduler,
+            search=args.search,
+            workers_per_trial=args.workers_per_trial,
+            use_gpu=args.gpu,
+            seed=args.seed,
+            perturbation_images=args.perturbation_images,
+        )
+        options.check()
+        if options.scheduler == "pbt":
+            check_mutable(space)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -73,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         print(f"data: {check_data(base.data, tuple(p.resolution for p in base.schedule))}")
-        run = RunDir.at(args.run_dir or Path("runs") / f"sweep-{args.preset}")
+        run = RunDir.at(options.run_dir)
         run.check_writable()
     except (DataError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -81,19 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pioneer.ray_train import WORKER_ENV
-    from pioneer.ray_tune import SweepOptions, sweep
 
-    options = SweepOptions(
-        run_dir=run.uri,
-        trials=args.trials,
-        metric=args.metric or space.metric or "heldout_psnr_ema",
-        mode=args.mode or space.mode or "max",
-        scheduler=args.scheduler,
-        search=args.search,
-        workers_per_trial=args.workers_per_trial,
-        use_gpu=args.gpu,
-        seed=args.seed,
-    )
+    options = replace(options, run_dir=run.uri)
     ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": WORKER_ENV})
     rows = sweep(base, space, options)
     print(f"\n{len(rows)} trial(s), best first by {options.metric} ({options.mode}):")

@@ -1,5 +1,7 @@
 """Prepare to, prepare from and train from a real S3 server (moto) on 127.0.0.1."""
 
+import csv
+import io
 import json
 import logging
 import os
@@ -199,3 +201,29 @@ def test_train_script_trains_from_and_into_s3(tmp_path, s3, s3_shards):
     assert "samples_final.png" in keys and "summary.json" in keys
     model = Pioneer.from_checkpoint(uri)
     assert model.images_seen == json.loads(storage.read_bytes(f"{uri}/summary.json"))["images_seen"]
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_runs_into_an_s3_run_dir(tmp_path, s3, s3_shards):
+    """ray_jobs/tune.py with --search optuna and the sweep's run dir on S3: the table, the
+    trials' checkpoints and RUN_DIR/best all land there, and best loads from there."""
+    uri = f"s3://{BUCKET}/sweeps/optuna"
+    args = [
+        "--preset", "smoke", "--space", "ray_jobs/spaces/smoke.yaml", "--trials", "1",
+        "--scheduler", "none", "--search", "optuna", "--data", s3_shards,
+        "--set", "data.holdout=8", "--run-dir", uri,
+    ]  # fmt: skip
+    env = {**os.environ, "PIONEER_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "ray_jobs/tune.py", *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = storage.read_bytes(f"{uri}/results.csv").decode()
+    (row,) = csv.DictReader(io.StringIO(table))
+    assert {"param:schedule.*.lr", "param:schedule.2.margin"} <= set(row)
+    assert row["status"] == "done" and row["checkpoint"].startswith(f"{uri}/trials/")
+    assert checkpoint.is_checkpoint(row["checkpoint"])
+    assert f"best checkpoint: {uri}/best" in done.stdout
+    model = Pioneer.from_checkpoint(f"{uri}/best")
+    assert model.generate(2).shape == (2, 3, 16, 16)
