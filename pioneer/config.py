@@ -105,6 +105,10 @@ class Phase:
     batch: int  # global batch size (split across workers)
     lr: float  # Adam learning rate of both networks
     margin: float | None = None  # Eq. 5 bound M on the KL gap; None: no hinge (Eq. 1)
+    # Images into this phase before its margin applies; until then the previous phase's
+    # margin does (none for the first). Lets a sweep place the switch-on (or the raise)
+    # anywhere inside a phase rather than only at phase boundaries.
+    margin_after_images: int = 0
 
     @property
     def images(self) -> int:
@@ -146,6 +150,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"schedule.{index}: batch must be >= 1 and lr > 0")
         if phase.margin is not None and phase.margin < 0:
             raise ConfigError(f"schedule.{index}.margin must be >= 0 or None")
+        if not 0 <= phase.margin_after_images <= phase.images:
+            raise ConfigError(
+                f"schedule.{index}.margin_after_images must be in [0, {phase.images}] "
+                "(the phase's images)"
+            )
     if min(config.model.channels) < 1 or config.model.latent_size < 1:
         raise ConfigError("model.channels and model.latent_size must be positive")
     if config.model.mode not in ("balanced", "baseline"):

@@ -29,21 +29,22 @@ def total_images(schedule: tuple[Phase, ...]) -> int:
 
 def progress_at(schedule: tuple[Phase, ...], images_seen: int) -> Progress:
     """Where training stands after `images_seen` images; past the end, the last phase."""
-    start = 0
+    start, margin_before = 0, None
     for index, phase in enumerate(schedule):
         end = start + phase.images
         if images_seen < end or index == len(schedule) - 1:
             into = images_seen - start
             alpha = 1.0 if phase.fade_images == 0 else min(1.0, into / phase.fade_images)
+            margin = phase.margin if into >= phase.margin_after_images else margin_before
             return Progress(
                 phase=index,
                 resolution=phase.resolution,
                 alpha=alpha,
                 batch=phase.batch,
                 lr=phase.lr,
-                margin=phase.margin,
+                margin=margin,
                 phase_start=start,
                 phase_end=end,
             )
-        start = end
+        start, margin_before = end, phase.margin
     raise ValueError("empty schedule")

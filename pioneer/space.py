@@ -6,6 +6,7 @@
       schedule.*.lr: {loguniform: [0.001, 0.002]}   # every phase (N, A-B, A- or *)
       schedule.4-.margin: {uniform: [0.2, 0.6]}     # 64 px and up
       schedule.3.margin: {choice: [null, 0.2]}      # switch the margin on at 32 px, or not
+      schedule.5.margin_after_images: {randint: [0, 1200001]}  # where in 128 px it starts
       loss.recon_weight: {choice: [5, 10, 20]}
       train.decoder_steps: {randint: [1, 3]}        # 1 or 2 (upper bound excluded)
 
@@ -114,7 +115,9 @@ def extremes(param: Param) -> list[Any]:
 # Keys that population-based training may change mid-run: they steer the optimisation, not
 # the networks' shapes or the schedule's length, so one trial's checkpoint continues under
 # another trial's values.
-MUTABLE = re.compile(r"schedule\.[^.]+\.(lr|margin)|loss\.[a-z_]+|train\.decoder_steps")
+MUTABLE = re.compile(
+    r"schedule\.[^.]+\.(lr|margin|margin_after_images)|loss\.[a-z_]+|train\.decoder_steps"
+)
 
 
 def check_mutable(space: Space) -> None:
@@ -123,7 +126,7 @@ def check_mutable(space: Space) -> None:
         if not MUTABLE.fullmatch(param.key):
             raise ConfigError(
                 f"space key {param.key!r} cannot change during training (pbt mutates only "
-                "schedule.<phases>.lr, schedule.<phases>.margin, loss.* and "
+                "schedule.<phases>.lr, .margin, .margin_after_images, loss.* and "
                 "train.decoder_steps); use --scheduler asha to search it"
             )
 
@@ -143,8 +146,11 @@ def clip(param: Param, value: Any) -> Any:
 def config_for(base: Config, values: dict[str, Any]) -> Config:
     """The base config with a trial's values set (keys as for --set)."""
 
-    def plain(value: Any) -> Any:  # Tune samples numpy scalars
-        return value.item() if hasattr(value, "item") else value
+    def plain(value: Any) -> Any:
+        value = value.item() if hasattr(value, "item") else value  # Tune samples numpy scalars
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # quniform's 300000.0 for an integer key (float keys take ints)
+        return value
 
     return apply_overrides(
         base, [f"{key}={json.dumps(plain(value))}" for key, value in values.items()]

@@ -49,6 +49,7 @@ def test_overrides_set_nested_and_indexed_keys_with_types():
         ("model.mode=fancy", "model.mode must be one of"),
         ("schedule.1.resolution=16", "schedule.1.resolution must be 8"),
         ("schedule.0.batch=0", "batch must be >= 1"),
+        ("schedule.2.margin_after_images=999", "schedule.2.margin_after_images must be in"),
         ("model.channels=[8]", "only 1 widths"),
         ("noequals", "not of the form"),
     ],

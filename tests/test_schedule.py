@@ -36,6 +36,16 @@ def test_progress_at_phase_boundaries(seen, phase, alpha, batch, lr, margin):
     assert now.resolution == 4 * 2**phase
 
 
+def test_a_margin_can_switch_on_or_rise_inside_its_phase():
+    late = (
+        Phase(4, 0, 100, 16, 0.001),
+        Phase(8, 50, 150, 16, 0.002, margin=0.2, margin_after_images=60),
+        Phase(16, 40, 60, 8, 0.003, margin=0.4, margin_after_images=20),
+    )
+    margins = {seen: progress_at(late, seen).margin for seen in (159, 160, 300, 319, 320, 399)}
+    assert margins == {159: None, 160: 0.2, 300: 0.2, 319: 0.2, 320: 0.4, 399: 0.4}
+
+
 def test_paper_preset_switches_margin_on_after_64px_and_raises_it_at_256():
     schedule = preset("celebahq256").schedule
     assert [p.resolution for p in schedule] == [4, 8, 16, 32, 64, 128, 256]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pioneer.config import ConfigError, preset
@@ -28,6 +29,9 @@ def test_the_shipped_spaces_fit_their_presets():
     config = config_for(preset("smoke"), {"schedule.*.lr": 0.003, "schedule.2.margin": 0.5})
     assert [p.lr for p in config.schedule] == [0.003] * 3 and config.schedule[2].margin == 0.5
     assert smoke.metric == "heldout_psnr_ema" and smoke.mode == "max"
+    # quniform samples floats (and numpy ones): integral values fit integer keys
+    config = config_for(preset("celebahq256"), {"schedule.5.margin_after_images": np.float64(3e5)})
+    assert config.schedule[5].margin_after_images == 300_000
 
 
 @pytest.mark.parametrize(
