@@ -301,9 +301,11 @@ def _table(results, space: Space, options: SweepOptions) -> list[dict[str, Any]]
         rows.append(row)
     sign = -1 if options.mode == "max" else 1
 
-    def order(row):
+    def order(row):  # furthest trained first: ASHA's stopped trials scored at a lower
+        # resolution, and held-out figures at different resolutions do not compare
         value = row[options.metric]
-        return (value is None, sign * value if value is not None else 0.0)
+        seen = row["images_seen"] or 0
+        return (value is None, -seen, sign * value if value is not None else 0.0)
 
     rows.sort(key=order)
     _write_csv(rows, storage.join(options.run_dir, "results.csv"))

@@ -111,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     options = replace(options, run_dir=run.uri)
     ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": WORKER_ENV})
     rows = sweep(base, space, options)
-    print(f"\n{len(rows)} trial(s), best first by {options.metric} ({options.mode}):")
+    print(f"\n{len(rows)} trial(s), furthest trained first, then by {options.metric}:")
     for row in rows:
         params = " ".join(f"{k[6:]}={_short(v)}" for k, v in row.items() if k.startswith("param:"))
-        print(f"  {row['trial']}  {options.metric}={_short(row[options.metric])}  {params}")
+        metric = _short(row[options.metric])
+        print(f"  {row['trial']}  images {row['images_seen']}  {options.metric}={metric}  {params}")
     print(f"table: {run.uri}/results.csv")
     if rows and rows[0].get("best_dir"):
         print(f"best checkpoint: {rows[0]['best_dir']}  (pioneer sample {rows[0]['best_dir']})")

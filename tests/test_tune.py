@@ -161,8 +161,8 @@ def test_a_two_trial_asha_sweep_finishes_writes_its_table_and_resumes(tmp_path, 
     rows = list(csv.DictReader((run_dir / "results.csv").open()))
     assert len(rows) == 2 and all(row["status"] == "done" for row in rows)
     assert {"param:schedule.*.lr", "param:schedule.2.margin"} <= set(rows[0])
-    scores = [float(row["heldout_psnr_ema"]) for row in rows]
-    assert scores == sorted(scores, reverse=True)
+    ranks = [(-int(row["images_seen"]), -float(row["heldout_psnr_ema"])) for row in rows]
+    assert ranks == sorted(ranks)  # furthest trained first (ASHA may stop one), then best
     assert len(list((run_dir / "trials").iterdir())) == 2
     assert "best checkpoint:" in done.stdout
 
