@@ -33,7 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import BATCH, bench_config  # noqa: E402
+from ray_overhead import BATCH, bench_config  # noqa: E402
 
 from pioneer.config import BUNDLED_CELEBA, DataConfig  # noqa: E402
 from pioneer.data import seed_of, to_unit_range  # noqa: E402

@@ -1,13 +1,23 @@
-"""Training throughput: a plain single-process loop vs Ray Train with 1 and 2 workers.
+"""Training speed at the paper's widths: precision, memory format, shared passes, compile.
 
-    python bench/train_throughput.py [--resolutions 32,64] [--images 3840,1536]
+    python bench/train_throughput.py [--resolutions 32,64] [--steps 2] [--rows ...]
 
-Every mode runs the same library loop (`pioneer.training.train`) on the bundled faces at the
-default preset's widths, with the measured resolution as the last phase (earlier phases
-one step each). img/s is the median of the report windows at that resolution after the
-first (warm-up). FLOPs per training image are counted with FlopCounterMode on one step;
-the conv peak is the fastest 3x3 conv forward+backward among the network's own shapes,
-measured in this same run, so utilisation is a ratio of two figures from one machine state.
+One training step (`pioneer.training.train_step`: one encoder update, two decoder updates)
+at batch 32, alpha 1, on the paper's architecture (512 channels up to 32 px, 256 at 64 px),
+timed per row after one warm-up step (two for compiled rows). Rows:
+
+    fp32-nchw-unshared   fp32, NCHW, no pass shared: the official code's arithmetic
+    fp32-nchw            fp32, NCHW, the encoder step's theta(z) reused by decoder step 1
+    fp32-cl              fp32, channels_last
+    bf16-cl              bf16 autocast, channels_last (the default on bf16 hardware)
+    bf16-cl-compiled     the same with torch.compile on both networks
+
+FLOPs per training image are counted (FlopCounterMode) for each step of the algorithm; the
+conv peak is the fastest 3x3 conv forward+backward among the network's own shapes at each
+precision and layout, measured in this same run. Each row prints img/s, achieved GFLOP/s,
+its share of the peak for its precision, and its ratio to the first row; the last column
+compares with the paper's official code on this CPU (0.71 img/s at 32 px, 0.24 at 64 px,
+measured for issue 8 with the same batch, widths and steps; that code is not bundled).
 """
 
 from __future__ import annotations
@@ -16,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,144 +35,165 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pioneer.config import BUNDLED_CELEBA, Config, Phase, preset  # noqa: E402
+from pioneer.config import PAPER_CHANNELS, Config, Phase, preset  # noqa: E402
 from pioneer.data import seed_of  # noqa: E402
+from pioneer.precision import autocast  # noqa: E402
 from pioneer.sampling import sample_latents  # noqa: E402
-from pioneer.schedule import progress_at  # noqa: E402
-from pioneer.training import LocalSession, build, train, train_step  # noqa: E402
+from pioneer.schedule import progress_at, total_images  # noqa: E402
+from pioneer.training import Networks, build, train_step  # noqa: E402
 
-WIDTHS = (128, 128, 64, 64, 32, 32)  # the default preset's, plus 32 channels at 64 and 128
 BATCH = 32
+PAPER_CODE_IMG_S = {32: 0.71, 64: 0.24}  # official implementation, this CPU (issue 8)
+ROWS = {  # name: (precision, channels_last, share_fake, compiled)
+    "fp32-nchw-unshared": ("fp32", False, False, False),
+    "fp32-nchw": ("fp32", False, True, False),
+    "fp32-cl": ("fp32", True, True, False),
+    "bf16-cl": ("bf16", True, True, False),
+    "bf16-cl-compiled": ("bf16", True, True, True),
+}
 
 
-def bench_config(resolution: int, images: int) -> Config:
-    phases = resolution.bit_length() - 2  # 4 -> 1 phase, 32 -> 4, 64 -> 5
-    base = preset("default")
-    schedule = tuple(
-        Phase(4 * 2**i, 0, BATCH if i < phases - 1 else images, BATCH, 0.001) for i in range(phases)
-    )
-    # The bundled shards stop at 32 px; above that, the bundled JPEGs (decoded in memory).
-    data = (
-        base.data if resolution <= 32 else replace(base.data, path=str(BUNDLED_CELEBA / "images"))
-    )
+def paper_config(resolution: int, precision: str, channels_last: bool, share: bool) -> Config:
+    phases = resolution.bit_length() - 2  # 32 px -> 4 phases
+    base = preset("celebahq256")
+    schedule = tuple(Phase(4 * 2**i, 0, BATCH, BATCH, 0.001) for i in range(phases))
     return replace(
         base,
-        name=f"bench{resolution}",
-        data=data,
-        model=replace(base.model, channels=WIDTHS[:phases]),
-        train=replace(base.train, report_images=8 * BATCH, checkpoint_images=10**9),
+        model=replace(base.model, channels=PAPER_CHANNELS[:phases]),
+        train=replace(
+            base.train, precision=precision, channels_last=channels_last, share_fake=share
+        ),
         schedule=schedule,
     )
 
 
-def measured_rate(run_dir: Path, resolution: int) -> float:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rates = [m["images_per_s"] for m in lines if m["resolution"] == resolution][1:]
-    return statistics.median(rates)
+def step_runner(config: Config, compiled: bool):
+    """A closure running one training step on fixed random data, and its FLOP count."""
+    device = torch.device("cpu")
+    nets = build(config, device)
+    if compiled:
+        nets = Networks(
+            encoder=torch.compile(nets.encoder),
+            decoder=torch.compile(nets.decoder),
+            decoder_ema=nets.decoder_ema,
+            optimizer_encoder=nets.optimizer_encoder,
+            optimizer_decoder=nets.optimizer_decoder,
+        )
+    now = progress_at(config.schedule, total_images(config.schedule) - 1)  # alpha 1
+    layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    x = (torch.rand(BATCH, 3, now.resolution, now.resolution) * 2 - 1).contiguous(
+        memory_format=layout
+    )
+    context = autocast(config.train.precision, device)
+
+    def latents(tag: str, n: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed_of(tag))
+        return sample_latents(n, config.model.latent_size, generator)
+
+    def run(batch: torch.Tensor = x):
+        train_step(nets, nets.encoder, nets.decoder, batch, now, config, latents, context)
+
+    return run, x
 
 
 def flops_per_image(config: Config) -> float:
-    nets = build(config, torch.device("cpu"))
-    now = progress_at(config.schedule, sum(p.images for p in config.schedule) - 1)
-    x = torch.rand(BATCH, 3, now.resolution, now.resolution) * 2 - 1
-    x = x.contiguous(memory_format=torch.channels_last)
-
-    def latents(tag: str, n: int) -> torch.Tensor:
-        return sample_latents(
-            n, config.model.latent_size, torch.Generator().manual_seed(seed_of(tag))
-        )
-
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    """FLOPs of one training step per image (counted on a batch of 2: they scale with it)."""
+    run, x = step_runner(config, compiled=False)
     counter = FlopCounterMode(display=False)
     with counter:
-        train_step(nets, nets.encoder, nets.decoder, x, now, config, latents, autocast)
-    return counter.get_total_flops() / BATCH
+        run(x[:2])
+    return counter.get_total_flops() / 2
 
 
-def conv_peak(resolution: int, channels: int, bf16: bool) -> float:
-    """GFLOP/s of a 3x3 conv forward+backward at this size, as the loop runs it."""
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(memory_format=torch.channels_last)
-    x = torch.randn(BATCH, channels, resolution, resolution, requires_grad=True)
-    x = x.contiguous(memory_format=torch.channels_last).detach().requires_grad_()
-    context = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+def conv_peak(resolution: int, precision: str, channels_last: bool) -> float:
+    """GFLOP/s of the fastest 3x3 conv forward+backward among the network's shapes."""
+    best = 0.0
+    context = autocast(precision, torch.device("cpu"))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for phase in range(resolution.bit_length() - 2):
+        side, width = 4 * 2**phase, PAPER_CHANNELS[phase]
+        conv = torch.nn.Conv2d(width, width, 3, padding=1).to(memory_format=layout)
+        x = torch.randn(BATCH, width, side, side).contiguous(memory_format=layout)
+        x.requires_grad_()
 
-    def run():
-        with context:
-            y = conv(x)
-        y.float().sum().backward()
+        def run(conv=conv, x=x):
+            with context:
+                y = conv(x)
+            y.float().sum().backward()
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run()
         run()
-    for _ in range(3):
-        run()
-    start, count = time.perf_counter(), 0
-    while time.perf_counter() - start < 2.0:
-        run()
-        count += 1
-    return counter.get_total_flops() * count / (time.perf_counter() - start) / 1e9
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < 1.5:
+            run()
+            count += 1
+        best = max(best, counter.get_total_flops() * count / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", default="32,64")
-    parser.add_argument("--images", default="3840,1536", help="images at each resolution")
-    parser.add_argument("--modes", default="plain,ray1,ray2")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per row")
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="bench/results/train_throughput.json")
     args = parser.parse_args()
-    resolutions = [int(r) for r in args.resolutions.split(",")]
-    images = [int(n) for n in args.images.split(",")]
-    modes = args.modes.split(",")
-    torch.set_num_threads(2)
-
-    rows = []
-    for resolution, count in zip(resolutions, images, strict=True):
-        config = bench_config(resolution, count)
-        flops = flops_per_image(config)
-        # The peak: the fastest of the network's own 3x3 conv shapes (width at each resolution).
-        phases = resolution.bit_length() - 2
-        peak = max(conv_peak(4 * 2**i, WIDTHS[i], bf16=True) for i in range(phases))
-        rows.append({"resolution": resolution, "config": config, "flops": flops, "peak": peak})
-
-    scratch = Path(tempfile.mkdtemp(prefix="pioneer-bench-"))
-    if "plain" in modes:
-        for row in rows:
-            run_dir = scratch / f"plain{row['resolution']}"
-            train(row["config"], LocalSession(run_dir))
-            row["plain"] = measured_rate(run_dir, row["resolution"])
-    ray_modes = [m for m in modes if m.startswith("ray")]
-    if ray_modes:
-        import ray
-
-        from pioneer.ray_train import WORKER_ENV, fit
-
-        ray.init(num_cpus=2, runtime_env={"env_vars": WORKER_ENV})
-        for mode in ray_modes:
-            for row in rows:
-                run_dir = scratch / f"{mode}_{row['resolution']}"
-                fit(row["config"], run_dir, workers=int(mode[3:]))
-                row[mode] = measured_rate(run_dir, row["resolution"])
-        ray.shutdown()
-
-    print(f"\ntraining img/s, batch {BATCH}, widths {WIDTHS}, bf16 + channels_last, 2 cores")
-    header = f"{'res':>4} {'GFLOP/img':>9} {'conv peak':>9} " + " ".join(
-        f"{m:>8} {'util':>5}" for m in modes
-    )
-    print(header + "  " + "  ".join(f"{m}/plain" for m in modes if m != "plain"))
-    for row in rows:
-        cells = []
-        for mode in modes:
-            rate = row[mode]
-            cells.append(f"{rate:8.1f} {rate * row['flops'] / 1e9 / row['peak']:5.0%}")
-        ratios = "  ".join(
-            f"{row[m] / row['plain']:8.2f}" for m in modes if m != "plain" and "plain" in row
-        )
-        print(
-            f"{row['resolution']:>4} {row['flops'] / 1e9:9.2f} {row['peak']:7.0f} G "
-            + " ".join(cells)
-            + "  "
-            + ratios
-        )
-    print("util: achieved FLOP/s over the bf16 3x3 conv peak measured above (GFLOP/s)")
+    torch.set_num_threads(args.threads)
+    rows = args.rows.split(",")
+    results = []
+    for resolution in (int(r) for r in args.resolutions.split(",")):
+        peaks = {}
+        widths = PAPER_CHANNELS[: resolution.bit_length() - 2]
+        print(f"\n{resolution} px, batch {BATCH}, widths {widths}, {args.threads} threads")
+        print(f"  {'row':20s} {'GFLOP/img':>9} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} "
+              f"{'x row 1':>8} {'x paper code':>12}", flush=True)  # fmt: skip
+        first = None
+        for name in rows:
+            precision, channels_last, share, compiled = ROWS[name]
+            config = paper_config(resolution, precision, channels_last, share)
+            key = (precision, channels_last)
+            if key not in peaks:
+                peaks[key] = conv_peak(resolution, precision, channels_last)
+            flops = flops_per_image(config)
+            run, _ = step_runner(config, compiled)
+            started = time.perf_counter()
+            for _ in range(2 if compiled else 1):
+                run()  # warm-up (and compilation)
+            warm_s = time.perf_counter() - started
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+            rate = BATCH / statistics.median(times)
+            first = first or rate
+            achieved = rate * flops / 1e9
+            row = {
+                "resolution": resolution,
+                "row": name,
+                "gflop_per_image": flops / 1e9,
+                "img_per_s": rate,
+                "gflop_per_s": achieved,
+                "conv_peak_gflop_per_s": peaks[key],
+                "of_peak": achieved / peaks[key],
+                "vs_first_row": rate / first,
+                "vs_paper_code": rate / PAPER_CODE_IMG_S.get(resolution, float("nan")),
+                "warm_up_s": warm_s,
+            }
+            results.append(row)
+            print(f"  {name:20s} {row['gflop_per_image']:9.1f} {rate:7.3f} {achieved:8.1f} "
+                  f"{row['of_peak']:8.0%} {row['vs_first_row']:8.2f} "
+                  f"{row['vs_paper_code']:12.2f}", flush=True)  # fmt: skip
+        for (precision, channels_last), peak in peaks.items():
+            layout = "channels_last" if channels_last else "NCHW"
+            print(f"  conv peak {precision} {layout}: {peak:.0f} GFLOP/s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
     z = model.encode(model.load_images(["a.jpg"]))        # (1, 512), unit norm
     steps = model.interpolate(z0, z1, steps=8)            # (8, 3, R, R), spherical path
 
-The decoder is the EMA decoder, as the paper uses after training.
+The decoder is the EMA decoder, as the paper uses after training. Forward passes run under
+torch.inference_mode, channels_last, and in bf16 where the device has it natively
+(`precision="auto"`; "fp32" or "bf16" to choose); outputs are fp32.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pioneer.config import Config
 from pioneer.editing import VECTORS_FILE, AttributeVectors, edit_codes
 from pioneer.images import read_images
 from pioneer.model import Decoder, Encoder
+from pioneer.precision import autocast, resolve
 from pioneer.sampling import interpolation_fractions, sample_latents, slerp
 
 
@@ -35,10 +38,14 @@ class Pioneer:
         images_seen: int = 0,
         device: str | torch.device = "cpu",
         checkpoint_dir: str | None = None,
+        precision: str = "auto",
     ):
         self.device = torch.device(device)
-        self.encoder = encoder.to(self.device).eval().requires_grad_(False)
-        self.decoder = decoder.to(self.device).eval().requires_grad_(False)
+        self.precision = resolve(precision, self.device)  # fp32 or bf16
+        self._autocast = autocast(self.precision, self.device)
+        layout = dict(memory_format=torch.channels_last)
+        self.encoder = encoder.to(self.device, **layout).eval().requires_grad_(False)
+        self.decoder = decoder.to(self.device, **layout).eval().requires_grad_(False)
         self.config = config
         self.phase = phase
         self.alpha = alpha
@@ -47,7 +54,9 @@ class Pioneer:
         self.attribute_vectors: AttributeVectors | None = None  # for edit(); see load_attributes
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Pioneer:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto"
+    ) -> Pioneer:
         """Load a checkpoint dir, or the latest checkpoint of a run dir (local or s3://)."""
         loaded = checkpoint.load(path, map_location=device)
         encoder, decoder = Encoder(loaded.config.model), Decoder(loaded.config.model)
@@ -63,6 +72,7 @@ class Pioneer:
             images_seen=int(progress["images_seen"]),
             device=device,
             checkpoint_dir=loaded.location,
+            precision=precision,
         )
 
     @property
@@ -80,7 +90,9 @@ class Pioneer:
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) images in [-1, 1] -> (N, latent) unit-norm codes."""
-        return self.encoder(self._prepare(x), self.phase, self.alpha)
+        x = self._prepare(x)
+        with self._autocast:
+            return self.encoder(x, self.phase, self.alpha)  # fp32 codes
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -91,7 +103,8 @@ class Pioneer:
         if not torch.isfinite(z).all():
             raise ValueError("latents contain NaN or infinite values")
         z = F.normalize(z.float().to(self.device), dim=1)
-        return self.decoder(z, self.phase, self.alpha).float().clamp(-1, 1)
+        with self._autocast:
+            return self.decoder(z, self.phase, self.alpha).float().clamp(-1, 1)
 
     def generate(self, n: int, seed: int = 0) -> torch.Tensor:
         """n random faces from latents drawn uniformly on the sphere with `seed`."""
@@ -162,4 +175,4 @@ class Pioneer:
             x = F.interpolate(
                 x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True
             )
-        return x.to(self.device)
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)

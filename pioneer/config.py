@@ -51,11 +51,16 @@ class LossConfig:
 class TrainConfig:
     seed: int = 0  # seeds initial weights, data order, flips and latents
     decoder_steps: int = 2  # decoder updates per encoder update (official code: 2)
+    # The first decoder update reuses the encoder step's theta(z) (same z, graph kept): one
+    # decoder forward fewer per step. Off: independent z for each, as the official code.
+    share_fake: bool = True
     adam_betas: tuple[float, float] = (0.0, 0.99)  # paper Sec. 4
     adam_eps: float = 1e-8
     ema_halflife_images: float = 10_000.0  # half-life of the decoder EMA, in images seen
     ema_rampup: float = 0.05  # early on, half-life <= ema_rampup * images seen (0: off)
-    precision: Literal["fp32", "bf16"] = "bf16"  # autocast dtype; weights and losses stay fp32
+    # Forward-pass precision: bf16 autocast, fp32, or auto (bf16 where the device has native
+    # bf16: AVX512-BF16/AMX CPUs, most GPUs). Weights, EMA, SN and losses stay fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True  # NHWC memory format for the conv nets
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     threads: int = 0  # torch intra-op threads per worker (0: cores / workers)
@@ -159,8 +164,10 @@ def validate(config: Config) -> None:
         raise ConfigError("model.channels and model.latent_size must be positive")
     if config.model.mode not in ("balanced", "baseline"):
         raise ConfigError(f"model.mode must be balanced or baseline, got {config.model.mode!r}")
-    if config.train.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision must be fp32 or bf16, got {config.train.precision!r}")
+    if config.train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(
+            f"train.precision must be auto, fp32 or bf16, got {config.train.precision!r}"
+        )
     if config.data.crop not in ("face", "center", "none"):
         raise ConfigError(f"data.crop must be face, center or none, got {config.data.crop!r}")
     if config.train.decoder_steps < 1:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from pioneer.config import ModelConfig
 
@@ -43,10 +43,20 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+class SpectralNorm(_SpectralNorm):
+    """torch's spectral-norm parametrization, always computed in fp32: under a GPU's bf16
+    autocast its matrix-vector products would otherwise run in bf16 (8 mantissa bits),
+    and sigma, hence every layer's gain, would carry that error."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight.float())
+
+
 def make_conv(in_ch: int, out_ch: int, kernel: int, padding: int, norm: str) -> nn.Conv2d:
     conv = nn.Conv2d(in_ch, out_ch, kernel, padding=padding)
-    if norm == "spectral":
-        spectral_norm(conv)
+    if norm == "spectral":  # as torch.nn.utils.parametrizations.spectral_norm, dim 0
+        parametrize.register_parametrization(conv, "weight", SpectralNorm(conv.weight))
     elif norm == "plain":
         nn.init.kaiming_normal_(conv.weight)
         nn.init.zeros_(conv.bias)
@@ -178,9 +188,8 @@ def spectral_norm_modules(module: nn.Module) -> list[nn.Module]:
     found = []
     for sub in module.modules():
         if parametrize.is_parametrized(sub, "weight"):
-            for p in sub.parametrizations.weight:
-                if type(p).__name__ == "_SpectralNorm":
-                    found.append(sub)
+            if any(isinstance(p, _SpectralNorm) for p in sub.parametrizations.weight):
+                found.append(sub)
     return found
 
 

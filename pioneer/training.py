@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,8 @@ from pioneer.ema import copy_block, ema_beta, update_ema
 from pioneer.images import atomic_write_text, grid_image, save_png
 from pioneer.losses import decoder_loss, encoder_loss, kl_n01, latent_cosine, reconstruction_l1
 from pioneer.model import Decoder, Encoder, build_networks, power_iterate
+from pioneer.precision import autocast as precision_autocast
+from pioneer.precision import resolve as resolve_precision
 from pioneer.quality import psnr
 from pioneer.rundir import RunDir
 from pioneer.sampling import sample_latents
@@ -188,11 +190,8 @@ def train(config: Config, session: Session) -> Outcome:
         check_eval(config)  # unknown metrics or missing weights fail now, not hours in
     total = total_images(config.schedule)
     latent_size = config.model.latent_size
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if config.train.precision == "bf16"
-        else nullcontext()
-    )
+    precision = resolve_precision(config.train.precision, device)
+    autocast = precision_autocast(precision, device)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
 
     # Networks, optimizers and where to resume.
@@ -227,7 +226,7 @@ def train(config: Config, session: Session) -> Outcome:
             f"pioneer: {data.description}: {data.train_rows:,} training / "
             f"{data.holdout_rows:,} held-out ({data.skipped:,} skipped), "
             f"{session.world_size} worker(s), "
-            f"{device.type}, {config.train.precision}; {start}",
+            f"{device.type}, {precision}; {start}",
             flush=True,
         )
 
@@ -398,12 +397,24 @@ def train_step(
     """
     phase, alpha, n = now.phase, now.alpha, x.shape[0]
     weights = config.loss
+    share = config.train.share_fake
+
+    # The encoder step's fake batch theta(z). Shared, it is built with its graph and reused
+    # by the first decoder step: the decoder is not updated in between, so theta(z) is the
+    # same tensor either way, and one decoder forward per step is saved.
+    z_fake = latents("z_encoder", n)
+    if share:
+        nets.decoder.requires_grad_(True)
+        with autocast:
+            x_generated = decoder_train(z_fake, phase, alpha)
+        x_fake = x_generated.detach()
+    else:
+        with torch.no_grad(), autocast:
+            x_fake = nets.decoder(z_fake, phase, alpha)
 
     # Encoder step (Eq. 5): decoder frozen, the L1 gradient flows through it into phi.
     nets.encoder.requires_grad_(True)
     nets.decoder.requires_grad_(False)
-    with torch.no_grad(), autocast:
-        x_fake = nets.decoder(latents("z_encoder", n), phase, alpha)
     with autocast:
         codes = encoder_train(torch.cat([x, x_fake.to(x.dtype)]), phase, alpha)
         codes_real, codes_fake = codes[:n], codes[n:]
@@ -421,9 +432,14 @@ def train_step(
     nets.encoder.requires_grad_(False)
     nets.decoder.requires_grad_(True)
     for k in range(config.train.decoder_steps):
-        z = latents(f"z_decoder{k}", n)
+        if share and k == 0:
+            z = z_fake
+        else:
+            z = latents(f"z_decoder{k}", n)
+            with autocast:
+                x_generated = decoder_train(z, phase, alpha)
         with autocast:
-            codes_generated = nets.encoder(decoder_train(z, phase, alpha), phase, alpha)
+            codes_generated = nets.encoder(x_generated, phase, alpha)
         kl_generated = kl_n01(codes_generated)
         latent = latent_cosine(z, codes_generated)
         loss_d = decoder_loss(kl_generated, latent, weights.kl_weight, weights.latent_weight)

@@ -12,7 +12,6 @@ import base64
 import math
 import secrets
 from abc import ABC, abstractmethod
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,11 +51,8 @@ class _Model(ABC):
         self.device = torch.device("cuda" if cuda else "cpu")
         if options.threads:
             torch.set_num_threads(options.threads)
-        self.model = Pioneer.from_checkpoint(options.checkpoint, device=self.device)
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if options.precision == "bf16"
-            else nullcontext()
+        self.model = Pioneer.from_checkpoint(
+            options.checkpoint, device=self.device, precision=options.precision
         )
         self.chunk = options.max_batch_size
         self.forward.set_max_batch_size(options.max_batch_size)
@@ -118,8 +114,7 @@ class Encoder(_Model):
         self.probe = torch.full((1, 3, side, side), 128, dtype=torch.uint8)
 
     def forward_pass(self, x: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
-            return self.model.encode(to_unit_range(x)).float().cpu()
+        return self.model.encode(to_unit_range(x)).cpu()
 
 
 @serve.deployment(max_ongoing_requests=64, max_queued_requests=256)
@@ -131,8 +126,7 @@ class Decoder(_Model):
         self.probe = sample_latents(1, self.model.latent_size, torch.Generator().manual_seed(0))
 
     def forward_pass(self, z: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
-            return self.model.decode(z).float().cpu()
+        return self.model.decode(z).cpu()
 
     def run(self, z: torch.Tensor) -> torch.Tensor:
         return to_uint8(self.forward_pass(z))  # a quarter of the bytes to send

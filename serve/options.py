@@ -19,7 +19,7 @@ class ServeOptions:
     checkpoint: str  # checkpoint dir or run dir (its latest checkpoint), local or s3://
     vectors: str | None = None  # attributes.pt from `pioneer attributes` (default: beside it)
     device: str = "auto"  # cpu, cuda or auto (cuda when the replica has a GPU)
-    precision: str = "fp32"  # fp32, or bf16 (autocast on the model forward)
+    precision: str = "auto"  # auto (bf16 where the device has it natively), fp32 or bf16
     threads: int = 0  # torch threads per model replica (0: its num_cpus)
     examples: str = str(BUNDLED_CELEBA / "images")  # faces the web page offers to pick
     example_count: int = 12  # how many of them (the last ones, sorted by name)
@@ -56,8 +56,8 @@ class ServeOptions:
             raise OptionsError("max_steps must be >= 2")
         if self.device not in ("auto", "cpu", "cuda"):
             raise OptionsError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise OptionsError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise OptionsError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.max_strength <= 0 or self.batch_wait_s < 0 or self.request_timeout_s <= 0:
             raise OptionsError("max_strength and request_timeout_s must be > 0, batch_wait_s >= 0")
 

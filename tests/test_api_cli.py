@@ -36,6 +36,21 @@ def test_encode_decode_generate_reconstruct(model):
     assert model.encode(torch.zeros(2, 3, 40, 40)).shape == (2, 32)
 
 
+def test_inference_precision_bf16_is_close_to_fp32(trained_run):
+    fp32 = Pioneer.from_checkpoint(trained_run, precision="fp32")
+    bf16 = Pioneer.from_checkpoint(trained_run, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert Pioneer.from_checkpoint(trained_run).precision in ("fp32", "bf16")  # auto
+    x = fp32.load_images(FACES[:4])
+    z32, z16 = fp32.encode(x), bf16.encode(x)
+    assert z16.dtype == torch.float32 and (z32 * z16).sum(dim=1).min() > 0.99  # cosine
+    images32, images16 = fp32.decode(z32), bf16.decode(z32)
+    assert images16.dtype == torch.float32 and not torch.equal(images32, images16)
+    assert (images32 - images16).abs().mean() < 0.02  # of a [-1, 1] range
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Pioneer.from_checkpoint(trained_run, precision="half")
+
+
 def test_interpolate_is_spherical_with_the_endpoints_included(model):
     z = model.encode(model.load_images(FACES[:2]))
     path = model.interpolate(z[0], z[1], steps=5)

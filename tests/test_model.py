@@ -1,3 +1,5 @@
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -101,3 +103,30 @@ def test_power_iterate_converges_to_the_true_spectral_norm():
         true_sigma = torch.linalg.matrix_norm(original.flatten(1), ord=2)
         normalised = torch.linalg.matrix_norm(module.weight.flatten(1), ord=2)
         assert abs(normalised.item() - 1.0) < 1e-3, (true_sigma, normalised)
+
+
+def test_spectral_norm_stays_fp32_under_bf16_autocast():
+    """sigma is computed outside autocast, so a bf16 forward sees the fp32 normalised
+    weight bit for bit (on a GPU, autocast would otherwise run its mv in bf16)."""
+    torch.manual_seed(0)
+    _, decoder = build_networks(ModelConfig(**TINY))
+    decoder.eval()
+    for module in spectral_norm_modules(decoder):
+        eager = module.weight
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = module.weight
+        assert inside.dtype == torch.float32 and torch.equal(inside, eager)
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from pioneer import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert precision.resolve("auto", cpu) == "fp32"
+    assert isinstance(precision.autocast("auto", cpu), nullcontext)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert precision.resolve("auto", cpu) == "bf16" and precision.resolve("fp32", cpu) == "fp32"
+    assert isinstance(precision.autocast("auto", cpu), torch.autocast)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.resolve("fp16", cpu)

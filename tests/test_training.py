@@ -189,3 +189,49 @@ def test_reports_go_to_tensorboard_too(trained_run):
     lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
     kl = {step: value for tag, step, value in scalars if tag == "kl/kl_real"}
     assert kl == pytest.approx({m["images_seen"]: m["kl_real"] for m in lines})
+
+
+def _one_step(config, share: bool, z: dict):
+    from pioneer.schedule import progress_at
+    from pioneer.training import build, train_step
+
+    config = replace(config, train=replace(config.train, share_fake=share))
+    nets = build(config, torch.device("cpu"))
+    now = progress_at(config.schedule, total_images(config.schedule) - 1)
+    x = torch.rand(4, 3, now.resolution, now.resolution, generator=torch.Generator().manual_seed(1))
+    terms = train_step(
+        nets, nets.encoder, nets.decoder, x * 2 - 1, now, config, lambda tag, n: z[tag],
+        torch.autocast("cpu", enabled=False),
+    )  # fmt: skip
+    return nets, terms
+
+
+def test_sharing_the_fake_batch_changes_nothing_but_one_decoder_pass(face_shards):
+    """With the same z drawn for both, a step that reuses the encoder step's theta(z) in its
+    first decoder update ends with bit-identical weights and losses, and counts exactly one
+    decoder forward fewer. (Baseline mode: its decoder has no power iteration, whose extra
+    update in the unshared step's extra forward would otherwise differ.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pioneer.sampling import sample_latents
+
+    config = tiny_config(face_shards, precision="fp32", channels_last=False)
+    config = replace(config, model=replace(config.model, mode="baseline"))
+    g = torch.Generator().manual_seed(0)
+    same, other = (sample_latents(4, config.model.latent_size, g) for _ in range(2))
+    z = {"z_encoder": same, "z_decoder0": same, "z_decoder1": other}
+    (shared, a), (unshared, b) = _one_step(config, True, z), _one_step(config, False, z)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for one, other in ((shared.encoder, unshared.encoder), (shared.decoder, unshared.decoder)):
+        for p, q in zip(one.state_dict().values(), other.state_dict().values(), strict=True):
+            assert torch.equal(p, q)
+
+    counts = {}
+    for share in (True, False):
+        with FlopCounterMode(display=False) as counter:
+            nets, _ = _one_step(config, share, z)
+        counts[share] = counter.get_total_flops()
+    phase = len(config.schedule) - 1
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        nets.decoder(same, phase, 1.0)
+    assert counts[False] - counts[True] == counter.get_total_flops() > 0
