@@ -24,6 +24,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py $(ARGS)
+	$(PY) bench/infer_throughput.py
+	$(PY) bench/ray_overhead.py
 	$(PY) bench/data_throughput.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/serve_load.py

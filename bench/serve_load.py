@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pioneer import checkpoint  # noqa: E402
 from pioneer.api import Pioneer  # noqa: E402
 from pioneer.config import BUNDLED_CELEBA, preset  # noqa: E402
+from pioneer.precision import autocast  # noqa: E402
 from pioneer.sampling import sample_latents  # noqa: E402
 from pioneer.schedule import total_images  # noqa: E402
 from pioneer.training import build  # noqa: E402
@@ -82,15 +83,20 @@ def timed(fn, seconds: float = 2.0) -> float:
 
 
 def conv_peak(model: Pioneer) -> float:
-    """FLOP/s of the fastest 3x3 conv forward among the decoder's (channels, side) shapes."""
+    """FLOP/s of the fastest 3x3 conv forward among the decoder's (channels, side) shapes,
+    at the model's precision, channels_last (as the API runs it)."""
     best = 0.0
+    context = autocast(model.precision, model.device)
     for phase, width in enumerate(model.config.model.channels[: model.phase + 1]):
         side = 4 * 2**phase
-        conv = torch.nn.Conv2d(width, width, 3, padding=1)
-        x = torch.randn(32, width, side, side)
-        with torch.inference_mode():
-            run = lambda conv=conv, x=x: conv(x)  # noqa: E731
-            best = max(best, flops(run) / timed(run, 1.0))
+        conv = torch.nn.Conv2d(width, width, 3, padding=1).to(memory_format=torch.channels_last)
+        x = torch.randn(32, width, side, side).contiguous(memory_format=torch.channels_last)
+
+        def run(conv=conv, x=x):
+            with torch.inference_mode(), context:
+                conv(x)
+
+        best = max(best, flops(run) / timed(run, 1.0))
     return best
 
 
@@ -177,7 +183,7 @@ def main() -> None:
         help="per point, full model (a batch of 32 takes seconds: a short window counts few)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per model replica")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--out", default="bench/results/serve_load.json")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -196,7 +202,7 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         path = make_checkpoint(name, folder)
-        model = Pioneer.from_checkpoint(path)
+        model = Pioneer.from_checkpoint(path, precision=args.precision)  # as the replicas
         raw = raw_figures(model)
         results[name] = {"raw": raw, "runs": {}}
         print(

@@ -9,7 +9,8 @@ timed per row after one warm-up step (two for compiled rows). Rows:
     fp32-nchw-unshared   fp32, NCHW, no pass shared: the official code's arithmetic
     fp32-nchw            fp32, NCHW, the encoder step's theta(z) reused by decoder step 1
     fp32-cl              fp32, channels_last
-    bf16-cl              bf16 autocast, channels_last (the default on bf16 hardware)
+    bf16-cl-unshared     bf16 autocast, channels_last, no pass shared
+    bf16-cl              the same with theta(z) shared (the default on bf16 hardware)
     bf16-cl-compiled     the same with torch.compile on both networks
 
 FLOPs per training image are counted (FlopCounterMode) for each step of the algorithm; the
@@ -40,7 +41,7 @@ from pioneer.data import seed_of  # noqa: E402
 from pioneer.precision import autocast  # noqa: E402
 from pioneer.sampling import sample_latents  # noqa: E402
 from pioneer.schedule import progress_at, total_images  # noqa: E402
-from pioneer.training import Networks, build, train_step  # noqa: E402
+from pioneer.training import build, compile_networks, train_step  # noqa: E402
 
 BATCH = 32
 PAPER_CODE_IMG_S = {32: 0.71, 64: 0.24}  # official implementation, this CPU (issue 8)
@@ -48,6 +49,7 @@ ROWS = {  # name: (precision, channels_last, share_fake, compiled)
     "fp32-nchw-unshared": ("fp32", False, False, False),
     "fp32-nchw": ("fp32", False, True, False),
     "fp32-cl": ("fp32", True, True, False),
+    "bf16-cl-unshared": ("bf16", True, False, False),
     "bf16-cl": ("bf16", True, True, False),
     "bf16-cl-compiled": ("bf16", True, True, True),
 }
@@ -72,13 +74,7 @@ def step_runner(config: Config, compiled: bool):
     device = torch.device("cpu")
     nets = build(config, device)
     if compiled:
-        nets = Networks(
-            encoder=torch.compile(nets.encoder),
-            decoder=torch.compile(nets.decoder),
-            decoder_ema=nets.decoder_ema,
-            optimizer_encoder=nets.optimizer_encoder,
-            optimizer_decoder=nets.optimizer_decoder,
-        )
+        compile_networks(nets)  # as train.compile does
     now = progress_at(config.schedule, total_images(config.schedule) - 1)  # alpha 1
     layout = torch.channels_last if config.train.channels_last else torch.contiguous_format
     x = (torch.rand(BATCH, 3, now.resolution, now.resolution) * 2 - 1).contiguous(
@@ -105,21 +101,23 @@ def flops_per_image(config: Config) -> float:
     return counter.get_total_flops() / 2
 
 
-def conv_peak(resolution: int, precision: str, channels_last: bool) -> float:
-    """GFLOP/s of the fastest 3x3 conv forward+backward among the network's shapes."""
+def conv_peak(resolution: int, precision: str, channels_last: bool, backward: bool = True) -> float:
+    """GFLOP/s of the fastest 3x3 conv forward (+backward) among the network's shapes."""
     best = 0.0
     context = autocast(precision, torch.device("cpu"))
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    grad = torch.enable_grad if backward else torch.inference_mode
     for phase in range(resolution.bit_length() - 2):
         side, width = 4 * 2**phase, PAPER_CHANNELS[phase]
         conv = torch.nn.Conv2d(width, width, 3, padding=1).to(memory_format=layout)
         x = torch.randn(BATCH, width, side, side).contiguous(memory_format=layout)
-        x.requires_grad_()
+        x.requires_grad_(backward)
 
         def run(conv=conv, x=x):
-            with context:
+            with grad(), context:
                 y = conv(x)
-            y.float().sum().backward()
+            if backward:
+                y.float().sum().backward()
 
         counter = FlopCounterMode(display=False)
         with counter:
@@ -131,6 +129,13 @@ def conv_peak(resolution: int, precision: str, channels_last: bool) -> float:
             count += 1
         best = max(best, counter.get_total_flops() * count / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def save(results: list[dict], path: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nwritten {out}")
 
 
 def main() -> None:
@@ -190,10 +195,7 @@ def main() -> None:
         for (precision, channels_last), peak in peaks.items():
             layout = "channels_last" if channels_last else "NCHW"
             print(f"  conv peak {precision} {layout}: {peak:.0f} GFLOP/s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwritten {out}")
+    save(results, args.out)
 
 
 if __name__ == "__main__":

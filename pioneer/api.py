@@ -39,11 +39,13 @@ class Pioneer:
         device: str | torch.device = "cpu",
         checkpoint_dir: str | None = None,
         precision: str = "auto",
+        channels_last: bool = True,
     ):
         self.device = torch.device(device)
         self.precision = resolve(precision, self.device)  # fp32 or bf16
         self._autocast = autocast(self.precision, self.device)
-        layout = dict(memory_format=torch.channels_last)
+        self._layout = torch.channels_last if channels_last else torch.contiguous_format
+        layout = dict(memory_format=self._layout)
         self.encoder = encoder.to(self.device, **layout).eval().requires_grad_(False)
         self.decoder = decoder.to(self.device, **layout).eval().requires_grad_(False)
         self.config = config
@@ -175,4 +177,4 @@ class Pioneer:
             x = F.interpolate(
                 x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True
             )
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return x.to(self.device).contiguous(memory_format=self._layout)

@@ -62,6 +62,9 @@ class TrainConfig:
     # bf16: AVX512-BF16/AMX CPUs, most GPUs). Weights, EMA, SN and losses stay fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True  # NHWC memory format for the conv nets
+    # torch.compile the encoder and decoder: +8% img/s at 32 px on a 2-core CPU (bf16), for
+    # about a minute of compilation per phase and fade/stable switch: for long runs.
+    compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     threads: int = 0  # torch intra-op threads per worker (0: cores / workers)
     report_images: int = 4_000  # report metrics every this many images seen

@@ -165,6 +165,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def compile_networks(nets: Networks) -> None:
+    """torch.compile both networks in place (state-dict keys unchanged). Each phase, fade
+    or stable, and trainable or frozen call is its own graph: room for all of them."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    nets.encoder.compile()
+    nets.decoder.compile()
+
+
 def _ddp(module: nn.Module, device: torch.device) -> nn.Module:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return module
@@ -199,6 +209,8 @@ def train(config: Config, session: Session) -> Outcome:
     restored = session.restore()
     if restored is not None:
         nets.load_state_dict(checkpoint.load(restored, map_location=device).state)
+    if config.train.compile:
+        compile_networks(nets)
     encoder_ddp, decoder_ddp = _ddp(nets.encoder, device), _ddp(nets.decoder, device)
 
     # Data: each worker streams its own part; batches are a function of images seen.

@@ -191,12 +191,14 @@ def test_reports_go_to_tensorboard_too(trained_run):
     assert kl == pytest.approx({m["images_seen"]: m["kl_real"] for m in lines})
 
 
-def _one_step(config, share: bool, z: dict):
+def _one_step(config, share: bool, z: dict, compiled: bool = False):
     from pioneer.schedule import progress_at
-    from pioneer.training import build, train_step
+    from pioneer.training import build, compile_networks, train_step
 
     config = replace(config, train=replace(config.train, share_fake=share))
     nets = build(config, torch.device("cpu"))
+    if compiled:
+        compile_networks(nets)
     now = progress_at(config.schedule, total_images(config.schedule) - 1)
     x = torch.rand(4, 3, now.resolution, now.resolution, generator=torch.Generator().manual_seed(1))
     terms = train_step(
@@ -235,3 +237,20 @@ def test_sharing_the_fake_batch_changes_nothing_but_one_decoder_pass(face_shards
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         nets.decoder(same, phase, 1.0)
     assert counts[False] - counts[True] == counter.get_total_flops() > 0
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_like_eager_ones(face_shards):
+    """train.compile: one step of the compiled nets gives the eager step's losses and
+    weights to float tolerance, and the state-dict keys stay those of the plain modules."""
+    from pioneer.sampling import sample_latents
+
+    config = tiny_config(face_shards, precision="fp32")
+    g = torch.Generator().manual_seed(0)
+    z = {tag: sample_latents(4, 32, g) for tag in ("z_encoder", "z_decoder0", "z_decoder1")}
+    (eager, a), (compiled, b) = _one_step(config, True, z), _one_step(config, True, z, True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert list(compiled.state_dict()["encoder"]) == list(eager.state_dict()["encoder"])
+    for p, q in zip(eager.decoder.parameters(), compiled.decoder.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
