@@ -9,8 +9,9 @@ timed per row after one warm-up step (two for compiled rows). Rows:
     fp32-nchw-unshared   fp32, NCHW, no pass shared: the official code's arithmetic
     fp32-nchw            fp32, NCHW, the encoder step's theta(z) reused by decoder step 1
     fp32-cl              fp32, channels_last
-    bf16-cl-unshared     bf16 autocast, channels_last, no pass shared
-    bf16-cl              the same with theta(z) shared (the default on bf16 hardware)
+    bf16-cl-unshared     bf16 autocast, channels_last, no pass shared (the default on
+                         bf16 hardware)
+    bf16-cl              the same with theta(z) shared (train.share_fake=true)
     bf16-cl-compiled     the same with torch.compile on both networks
 
 FLOPs per training image are counted (FlopCounterMode) for each step of the algorithm; the
