@@ -27,7 +27,17 @@ import torch
 from pioneer.checkpoint import CheckpointError
 from pioneer.evaluation import EvalOptions
 from pioneer.figures import DEFAULT_EDITS
+from pioneer.precision import PRECISIONS
 from pioneer.prepare import PrepareOptions
+
+
+def _add_precision(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="the networks' forward passes (auto: bf16 where the CPU/GPU has it natively)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--lpips-net", default=options.lpips_net, choices=("alex", "vgg", "squeeze")
     )
     evaluate.add_argument("--device", default=options.device, choices=("auto", "cpu", "cuda"))
+    _add_precision(evaluate)
 
     attributes = commands.add_parser("attributes", help="attribute vectors for editing (Eq. 6)")
     attributes.add_argument("checkpoint")
@@ -121,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     interpolate.add_argument("image_b")
     interpolate.add_argument("--steps", type=int, default=8)
     interpolate.add_argument("--out", default="interpolation.png")
+    for command in (attributes, edit, figures, sample, reconstruct, interpolate):
+        _add_precision(command)
     return parser
 
 
@@ -170,6 +183,7 @@ def _eval(args: argparse.Namespace) -> str:
         lpips_weights=args.lpips_weights,
         lpips_net=args.lpips_net,
         device=args.device,
+        precision=args.precision,
     )
     report = evaluate_checkpoint(args.checkpoint, args.data, args.attributes, options)
     atomic_write_text(args.out, json.dumps(report, indent=1))
@@ -202,7 +216,7 @@ def _attributes(args: argparse.Namespace) -> str:
 
     if args.per_set < 1:
         raise ValueError(f"--per-set must be >= 1, got {args.per_set}")
-    model = Pioneer.from_checkpoint(args.checkpoint)
+    model = Pioneer.from_checkpoint(args.checkpoint, precision=args.precision)
     dataset = open_run_data(model.config.data, args.data, model.resolution)
     names, labels = dataset.attributes(args.attributes)
     if not names:
@@ -233,7 +247,7 @@ def _figures(args: argparse.Namespace) -> str:
     from pioneer.dataset import open_run_data
     from pioneer.figures import write_figures
 
-    model = Pioneer.from_checkpoint(args.checkpoint)
+    model = Pioneer.from_checkpoint(args.checkpoint, precision=args.precision)
     dataset = open_run_data(model.config.data, args.data, model.resolution)
     edits = tuple(n for n in args.edits.split(",") if n)
     written = write_figures(model, dataset, args.out, args.attributes, edits, args.seed)
@@ -259,7 +273,7 @@ def _edit(args: argparse.Namespace) -> Path:
 
     if not Path(args.image).is_file():
         raise ValueError(f"image {args.image!r} does not exist")
-    model = Pioneer.from_checkpoint(args.checkpoint)
+    model = Pioneer.from_checkpoint(args.checkpoint, precision=args.precision)
     model.load_attributes(args.vectors)
     edits = _edits(args)
     x = model.load_images([args.image])
@@ -293,7 +307,7 @@ def _run(args: argparse.Namespace) -> Path | str:
     ]:
         if path is not None and not Path(path).is_file():
             raise ValueError(f"image {path!r} does not exist")
-    model = Pioneer.from_checkpoint(args.checkpoint)
+    model = Pioneer.from_checkpoint(args.checkpoint, precision=args.precision)
     if args.command == "sample":
         if not 1 <= args.n <= 1024:
             raise ValueError(f"--n must be in 1..1024, got {args.n}")

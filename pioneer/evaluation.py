@@ -31,6 +31,7 @@ from pioneer.baselines import (
     reconstruct,
 )
 from pioneer.data import to_uint8, to_unit_range
+from pioneer.precision import PRECISIONS
 from pioneer.quality import linear_probe, ms_swd, psnr, ssim, trimmed_mean
 from pioneer.sampling import sample_latents, slerp_pairs
 
@@ -68,6 +69,7 @@ class EvalOptions:
     lpips_net: str = "alex"  # alex | vgg | squeeze
     lpips_size: int = 64  # face crops are resized to at least this for LPIPS / PPL
     device: str = "auto"  # auto: cuda when available
+    precision: str = "auto"  # the model's forward passes: auto (bf16 where native) | fp32 | bf16
 
     def validate(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -75,6 +77,8 @@ class EvalOptions:
             raise ValueError(f"unknown metric(s) {unknown}: choose from {', '.join(METRICS)}")
         if min(self.images, self.ppl_samples, self.probe_images, self.batch) < 2:
             raise ValueError("images, ppl_samples, probe_images and batch must be >= 2")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -332,7 +336,7 @@ def evaluate_checkpoint(
     from pioneer.dataset import open_run_data
 
     options.validate()
-    model = Pioneer.from_checkpoint(checkpoint)
+    model = Pioneer.from_checkpoint(checkpoint, precision=options.precision)
     dataset = open_run_data(model.config.data, data, model.resolution)
     ev = Evaluator.from_dataset(dataset, model.resolution, options, attributes, **nets)
     subjects: list[Subject] = [ModelSubject(model)]
@@ -343,6 +347,7 @@ def evaluate_checkpoint(
         checkpoint=str(checkpoint),
         images_seen=model.images_seen,
         resolution=model.resolution,
+        precision=model.precision,
         data=data or model.config.data.path,
         n=ev.n,
         holdout=dataset.holdout_rows,

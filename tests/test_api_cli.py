@@ -97,6 +97,11 @@ def test_cli_sample_reconstruct_interpolate(trained_run, tmp_path, capsys):
     args = ["interpolate", str(trained_run), str(FACES[0]), str(FACES[1]), "--steps", "6"]
     assert main([*args, "--out", str(out)]) == 0
     assert Image.open(out).size[0] > Image.open(out).size[1]
+    out = tmp_path / "s32.png"
+    assert main(["sample", str(trained_run), "--precision", "fp32", "--out", str(out)]) == 0
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["sample", str(trained_run), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

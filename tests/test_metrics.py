@@ -162,3 +162,18 @@ def test_eval_cli_writes_the_report_and_names_missing_weights(
     assert "psnr" in report["subjects"]["model"] and "fid" in report["errors"]
     assert main([*args, "--metrics", "psnr,nope"]) == 1
     assert "unknown metric(s) ['nope']" in capsys.readouterr().err
+    for precision in ("fp32", "bf16"):  # the report says which forward passes it measured
+        assert main([*args, "--metrics", "psnr", "--precision", precision]) == 0
+        report = json.loads(out.read_text())
+        assert report["precision"] == precision and report["errors"] == {}
+    fp32, bf16 = (  # a trained model's figures hardly move with the inference precision
+        evaluate_checkpoint(
+            str(trained_run),
+            str(face_shards),
+            options=EvalOptions(metrics=("psnr",), baselines=False, precision=precision),
+        )["subjects"]["model"]["psnr"]
+        for precision in ("fp32", "bf16")
+    )
+    assert bf16 == pytest.approx(fp32, abs=0.2)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        EvalOptions(precision="fp16").validate()
