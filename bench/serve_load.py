@@ -184,6 +184,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per model replica")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument(
+        "--access-log",
+        default="on",
+        choices=("on", "off"),
+        help="off: no per-request log lines in the proxy and replicas (Serve's INFO access log)",
+    )
     parser.add_argument("--out", default="bench/results/serve_load.json")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -197,7 +203,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    logging = {"enable_access_log": args.access_log == "on"}
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging)
     url = f"http://127.0.0.1:{port}"
     results = {}
     for name in args.models.split(","):
@@ -219,7 +226,7 @@ def main() -> None:
                 "threads": args.threads,
                 "precision": args.precision,
             }
-            serve.run(build_app(options), name="bench", route_prefix="/")
+            serve.run(build_app(options), name="bench", route_prefix="/", logging_config=logging)
             rtt = round_trip(url)
             results[name]["runs"][f"batch{batch}"] = {"http_round_trip_s": rtt}
             for endpoint in ("sample", "reconstruct"):

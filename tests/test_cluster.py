@@ -5,14 +5,17 @@ token and never creates one, so the test writes its own and points the head and 
 client at it (RAY_AUTH_TOKEN_PATH), leaving ~/.ray/auth_token alone.
 """
 
+import contextlib
 import json
 import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +31,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """`ray start --head` on free ports; stopped (with every Ray process) at the end."""
-    port, dashboard = free_port(), free_port()
+    """`ray start --head --block` on free ports, in its own process group and temp dir.
+
+    Stopped by signalling that group, not with `ray stop` (which stops every Ray process on
+    the machine, a user's other runs included); the private temp dir keeps plain
+    `ray.init()` calls elsewhere on the machine from attaching to it, and free ports keep
+    its job agent from colliding with a local Ray instance's.
+    """
+    port, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     token = tmp_path_factory.mktemp("auth") / "auth_token"
     token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     env = {
@@ -39,14 +48,76 @@ def head(tmp_path_factory):
         "RAY_AUTH_TOKEN_PATH": str(token),
     }
     env.pop("RAY_ADDRESS", None)
-    started = subprocess.run(
-        [BIN / "ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-         "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr[-2000:]
-    yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
-    subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are capped
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [BIN / "ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+             "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true",
+             # not the fixed defaults (52365, 10001): a local ray.init() holds those
+             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+             f"--temp-dir={temp}", "--block"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_jobs(url, env, process, log)
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": url, "env": env}
+    finally:
+        _stop_group(process)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_jobs(url: str, env: dict, process: subprocess.Popen, log: Path) -> None:
+    """Until a trivial job runs: the head answers before its job agent is ready ("No
+    available agent to submit job, please try again later")."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        done = subprocess.run(
+            [BIN / "ray", "job", "submit", "--address", url, "--", "python", "-c", "pass"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, (done.stdout + done.stderr)[-3000:]
+        time.sleep(2)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (Ray's workers start their own sessions, so the
+    head's process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the head's process group (`ray start --block` then stops what it started),
+    SIGKILL to whatever is left of it and of the processes below it."""
+    tree = _descendants(process.pid)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 def _long_smoke(run_dir: Path) -> list[str]:
