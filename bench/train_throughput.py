@@ -71,7 +71,7 @@ def paper_config(resolution: int, precision: str, channels_last: bool, share: bo
 
 
 def step_runner(config: Config, compiled: bool):
-    """A closure running one training step on fixed random data, and its FLOP count."""
+    """A closure running one training step on fixed random data, the data, the networks."""
     device = torch.device("cpu")
     nets = build(config, device)
     if compiled:
@@ -90,16 +90,27 @@ def step_runner(config: Config, compiled: bool):
     def run(batch: torch.Tensor = x):
         train_step(nets, nets.encoder, nets.decoder, batch, now, config, latents, context)
 
-    return run, x
+    return run, x, nets
 
 
-def flops_per_image(config: Config) -> float:
-    """FLOPs of one training step per image (counted on a batch of 2: they scale with it)."""
-    run, x = step_runner(config, compiled=False)
+def flops_per_image(config: Config) -> tuple[float, list[float]]:
+    """FLOPs of one training step per image, in total and per update: the encoder's (with
+    the theta(z) it needs), then each decoder update's. Counted on a batch of 2 (they scale
+    with it); an update's count is read when its optimizer steps."""
+    run, x, nets = step_runner(config, compiled=False)
     counter = FlopCounterMode(display=False)
+    marks: list[int] = []
+    for optimizer in (nets.optimizer_encoder, nets.optimizer_decoder):
+
+        def step(*args, original=optimizer.step, **kwargs):
+            marks.append(counter.get_total_flops())
+            return original(*args, **kwargs)
+
+        optimizer.step = step  # this instance only
     with counter:
         run(x[:2])
-    return counter.get_total_flops() / 2
+    updates = [after - before for before, after in zip([0, *marks[:-1]], marks, strict=True)]
+    return counter.get_total_flops() / 2, [u / 2 for u in updates]
 
 
 def conv_peak(resolution: int, precision: str, channels_last: bool, backward: bool = True) -> float:
@@ -155,7 +166,8 @@ def main() -> None:
         widths = PAPER_CHANNELS[: resolution.bit_length() - 2]
         print(f"\n{resolution} px, batch {BATCH}, widths {widths}, {args.threads} threads")
         print(f"  {'row':20s} {'GFLOP/img':>9} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} "
-              f"{'x row 1':>8} {'x paper code':>12}", flush=True)  # fmt: skip
+              f"{'x row 1':>8} {'x paper code':>12}   GFLOP/img by update: encoder + "
+              "decoder steps", flush=True)  # fmt: skip
         first = None
         for name in rows:
             precision, channels_last, share, compiled = ROWS[name]
@@ -163,8 +175,8 @@ def main() -> None:
             key = (precision, channels_last)
             if key not in peaks:
                 peaks[key] = conv_peak(resolution, precision, channels_last)
-            flops = flops_per_image(config)
-            run, _ = step_runner(config, compiled)
+            flops, by_update = flops_per_image(config)
+            run, _, _ = step_runner(config, compiled)
             started = time.perf_counter()
             for _ in range(2 if compiled else 1):
                 run()  # warm-up (and compilation)
@@ -181,6 +193,7 @@ def main() -> None:
                 "resolution": resolution,
                 "row": name,
                 "gflop_per_image": flops / 1e9,
+                "gflop_per_image_by_update": [f / 1e9 for f in by_update],  # E, D1, D2
                 "img_per_s": rate,
                 "gflop_per_s": achieved,
                 "conv_peak_gflop_per_s": peaks[key],
@@ -192,7 +205,9 @@ def main() -> None:
             results.append(row)
             print(f"  {name:20s} {row['gflop_per_image']:9.1f} {rate:7.3f} {achieved:8.1f} "
                   f"{row['of_peak']:8.0%} {row['vs_first_row']:8.2f} "
-                  f"{row['vs_paper_code']:12.2f}", flush=True)  # fmt: skip
+                  f"{row['vs_paper_code']:12.2f}   "
+                  + " + ".join(f"{f:.1f}" for f in row["gflop_per_image_by_update"]),
+                  flush=True)  # fmt: skip
         for (precision, channels_last), peak in peaks.items():
             layout = "channels_last" if channels_last else "NCHW"
             print(f"  conv peak {precision} {layout}: {peak:.0f} GFLOP/s")
