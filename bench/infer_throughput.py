@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_throughput import conv_peak, paper_config, save  # noqa: E402
+from train_throughput import conv_peak, paper_config, print_peaks, save  # noqa: E402
 
 from pioneer.api import Pioneer  # noqa: E402
 from pioneer.config import PAPER_CHANNELS  # noqa: E402
@@ -116,9 +116,7 @@ def main() -> None:
                                     "vs_fp32_nchw": ratios[-1]})  # fmt: skip
             print(f"  {name:18s} " + " ".join(f"{c:>20s}" for c in cells)
                   + "  " + " ".join(f"{r:.2f}" for r in ratios), flush=True)  # fmt: skip
-        for (precision, channels_last), peak in peaks.items():
-            layout = "channels_last" if channels_last else "NCHW"
-            print(f"  conv forward peak {precision} {layout}: {peak:.0f} GFLOP/s")
+        print_peaks(peaks, "conv forward peak")
     save(results, args.out)
 
 

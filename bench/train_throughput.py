@@ -143,6 +143,12 @@ def conv_peak(resolution: int, precision: str, channels_last: bool, backward: bo
     return best
 
 
+def print_peaks(peaks: dict[tuple[str, bool], float], label: str) -> None:
+    for (precision, channels_last), peak in peaks.items():
+        layout = "channels_last" if channels_last else "NCHW"
+        print(f"  {label} {precision} {layout}: {peak:.0f} GFLOP/s")
+
+
 def save(results: list[dict], path: str) -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,9 +214,7 @@ def main() -> None:
                   f"{row['vs_paper_code']:12.2f}   "
                   + " + ".join(f"{f:.1f}" for f in row["gflop_per_image_by_update"]),
                   flush=True)  # fmt: skip
-        for (precision, channels_last), peak in peaks.items():
-            layout = "channels_last" if channels_last else "NCHW"
-            print(f"  conv peak {precision} {layout}: {peak:.0f} GFLOP/s")
+        print_peaks(peaks, "conv peak")
     save(results, args.out)
 
 
