@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pioneer import checkpoint  # noqa: E402
 from pioneer.api import Pioneer  # noqa: E402
 from pioneer.config import BUNDLED_CELEBA, preset  # noqa: E402
-from pioneer.precision import autocast  # noqa: E402
+from pioneer.precision import PRECISIONS, autocast  # noqa: E402
 from pioneer.sampling import sample_latents  # noqa: E402
 from pioneer.schedule import total_images  # noqa: E402
 from pioneer.training import build  # noqa: E402
@@ -183,7 +183,7 @@ def main() -> None:
         help="per point, full model (a batch of 32 takes seconds: a short window counts few)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per model replica")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument(
         "--access-log",
         default="on",

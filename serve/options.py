@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pioneer.config import BUNDLED_CELEBA
+from pioneer.precision import PRECISIONS
 
 
 class OptionsError(ValueError):
@@ -56,8 +57,8 @@ class ServeOptions:
             raise OptionsError("max_steps must be >= 2")
         if self.device not in ("auto", "cpu", "cuda"):
             raise OptionsError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise OptionsError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise OptionsError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.max_strength <= 0 or self.batch_wait_s < 0 or self.request_timeout_s <= 0:
             raise OptionsError("max_strength and request_timeout_s must be > 0, batch_wait_s >= 0")
 
