@@ -5,7 +5,8 @@
 For each model (small: the default preset's widths at 32 px; full: the paper's 512
 channels up to 32 px; untrained weights, speed does not depend on them) the service runs
 twice, batched (serve.batch, max_batch_size 32) and with max_batch_size 1. Closed-loop
-clients (threads, one request after another, one image each) load it for --seconds per
+clients (bench/http_load.py in its own process, one request after another on a
+keep-alive connection, one image each) load it for --seconds per
 point (--full-seconds for the full model); the decoder's mean batch is printed too.
 Beside it, in this same run:
   - the raw in-process forward of the same batch (1 image and 32), no HTTP;
@@ -19,13 +20,13 @@ Targets: throughput at 32 clients >= 90% of the compute limit; p50 at 1 client <
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -117,52 +118,59 @@ def raw_figures(model: Pioneer) -> dict:
     return out
 
 
-def load(url: str, endpoint: str, clients: int, seconds: float) -> dict:
-    import requests
-
-    face = FACE.read_bytes()
-    stop, latencies, failures = threading.Event(), [], []
-    lock = threading.Lock()
-
-    def client(index: int) -> None:
-        session = requests.Session()
-        while not stop.is_set():
-            started = time.perf_counter()
-            if endpoint == "sample":
-                answer = session.post(f"{url}/v1/sample", json={"n": 1, "seed": index})
-            else:
-                answer = session.post(f"{url}/v1/reconstruct", files={"image": ("f.jpg", face)})
-            elapsed = time.perf_counter() - started
-            with lock:
-                (latencies if answer.status_code == 200 else failures).append(elapsed)
-
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        for i in range(clients):
-            pool.submit(client, i)
-        time.sleep(min(1.0, seconds / 4))  # warm-up
-        with lock:
-            latencies.clear()
-        start = time.perf_counter()
-        time.sleep(seconds)
-        with lock:
-            done = list(latencies)
-        wall = time.perf_counter() - start
-        stop.set()
-    done.sort()
-    return {
-        "requests": len(done),
-        "failures": len(failures),
-        "img_per_s": len(done) / wall,
-        "p50_ms": 1000 * done[len(done) // 2] if done else float("nan"),
-        "p99_ms": 1000 * done[min(len(done) - 1, int(len(done) * 0.99))] if done else float("nan"),
+def load(port: int, endpoint: str, clients: int, seconds: float) -> dict:
+    """Closed-loop clients (bench/http_load.py, in a process of its own), one image each."""
+    request = {
+        "sample": ["/v1/sample", "--json", '{"n": 1}'],
+        "reconstruct": ["/v1/reconstruct", "--file", str(FACE)],
+        "info": ["/v1/info"],
+    }[endpoint]
+    command = [sys.executable, str(Path(__file__).with_name("http_load.py")), *request]
+    command += ["--port", str(port), "--clients", str(clients), "--seconds", str(seconds)]
+    command += ["--warmup", str(min(1.0, seconds / 4))]
+    before = cpu_by_process()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    after = cpu_by_process()
+    figures = json.loads(done.stdout)
+    answered = max(1, figures["answered_in_all"])
+    figures["cpu_ms_per_request"] = {
+        name: 1000 * (after.get(name, 0.0) - before.get(name, 0.0)) / answered for name in after
     }
+    return figures
 
 
-def round_trip(url: str) -> float:
-    import requests
+PROCESSES = {  # Ray process titles -> what the bench calls them
+    "ray::ProxyActor": "proxy",
+    "ray::ServeReplica:bench:Service": "ingress",
+    "ray::ServeReplica:bench:Decoder": "decoder",
+    "ray::ServeReplica:bench:Encoder": "encoder",
+}
 
-    session = requests.Session()
-    return timed(lambda: session.get(f"{url}/v1/info"), 1.0)
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the service's processes (Linux /proc),
+    the rest of Ray's together as "other Ray" (controller, GCS, raylet, agents)."""
+    totals: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # the process ended meanwhile
+            continue
+        name = next((v for k, v in PROCESSES.items() if command.startswith(k)), None)
+        if name is None and "ray" in command:
+            name = "other Ray"
+        if name is not None:
+            totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def round_trip(port: int) -> float:
+    """Median seconds of GET /v1/info from one client: the HTTP path without a model."""
+    return load(port, "info", 1, 2.0)["p50_ms"] / 1000
 
 
 def free_port() -> int:
@@ -205,7 +213,6 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     logging = {"enable_access_log": args.access_log == "on"}
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging)
-    url = f"http://127.0.0.1:{port}"
     results = {}
     for name in args.models.split(","):
         path = make_checkpoint(name, folder)
@@ -227,7 +234,7 @@ def main() -> None:
                 "precision": args.precision,
             }
             serve.run(build_app(options), name="bench", route_prefix="/", logging_config=logging)
-            rtt = round_trip(url)
+            rtt = round_trip(port)
             results[name]["runs"][f"batch{batch}"] = {"http_round_trip_s": rtt}
             for endpoint in ("sample", "reconstruct"):
                 limit = raw["conv_flops_per_s"] / raw[f"{endpoint}_flops"]
@@ -236,9 +243,13 @@ def main() -> None:
                     for handle in stats:
                         handle.stats.remote().result()  # reset the counters
                     seconds = args.full_seconds if name == "full" else args.seconds
-                    figures = load(url, endpoint, n, seconds)
+                    figures = load(port, endpoint, n, seconds)
                     decoder = stats[1].stats.remote().result()
                     figures["mean_batch"] = decoder["images"] / max(1, decoder["batches"])
+                    # the decoder's own forward speed under load (contention shows here)
+                    figures["decoder_img_per_forward_s"] = decoder["images"] / max(
+                        1e-9, decoder["forward_s"]
+                    )
                     figures["compute_limit_img_per_s"] = limit
                     figures["of_limit"] = figures["img_per_s"] / limit
                     if n == 1:  # target <= 1.2
@@ -250,7 +261,13 @@ def main() -> None:
                         f"{figures['img_per_s']:7.1f} img/s ({figures['of_limit']:5.1%} of "
                         f"limit {limit:.1f}), p50 {figures['p50_ms']:7.1f} ms, "
                         f"p99 {figures['p99_ms']:7.1f} ms, mean decoder batch "
-                        f"{figures['mean_batch']:4.1f}, {figures['failures']} failed"
+                        f"{figures['mean_batch']:4.1f} "
+                        f"({figures['decoder_img_per_forward_s']:.1f} img per forward-second), "
+                        f"{figures['failures']} failed; CPU ms per request: "
+                        + ", ".join(
+                            f"{k} {v:.1f}" for k, v in sorted(figures["cpu_ms_per_request"].items())
+                        )
+                        + f", client {figures['client_cpu_s_per_request'] * 1000:.2f}"
                         + (
                             f"; p50 / (raw {raw[f'{endpoint}_raw_1_s'] * 1000:.1f} ms + "
                             f"HTTP {rtt * 1000:.1f} ms) = {figures['p50_over_raw_plus_rtt']:.2f}"

@@ -8,7 +8,9 @@
 
 The decoder is the EMA decoder, as the paper uses after training. Forward passes run under
 torch.inference_mode, channels_last, and in bf16 where the device has it natively
-(`precision="auto"`; "fp32" or "bf16" to choose); outputs are fp32.
+(`precision="auto"`; "fp32" or "bf16" to choose); outputs are fp32. The networks a Pioneer
+is given are frozen for inference in place (pioneer.model.freeze_for_inference: spectral
+norm folded into the weights, stored in the compute dtype): pass copies of live networks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pioneer import checkpoint, storage
 from pioneer.config import Config
 from pioneer.editing import VECTORS_FILE, AttributeVectors, edit_codes
 from pioneer.images import read_images
-from pioneer.model import Decoder, Encoder
+from pioneer.model import Decoder, Encoder, freeze_for_inference
 from pioneer.precision import autocast, resolve
 from pioneer.sampling import interpolation_fractions, sample_latents, slerp
 
@@ -46,8 +48,11 @@ class Pioneer:
         self._autocast = autocast(self.precision, self.device)
         self._layout = torch.channels_last if channels_last else torch.contiguous_format
         layout = dict(memory_format=self._layout)
-        self.encoder = encoder.to(self.device, **layout).eval().requires_grad_(False)
-        self.decoder = decoder.to(self.device, **layout).eval().requires_grad_(False)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.encoder, self.decoder = (  # taken over: frozen in place, for inference only
+            freeze_for_inference(net.to(self.device, **layout).eval().requires_grad_(False), dtype)
+            for net in (encoder, decoder)
+        )
         self.config = config
         self.phase = phase
         self.alpha = alpha

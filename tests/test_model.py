@@ -9,6 +9,7 @@ from pioneer.model import (
     EqualizedLR,
     PixelNorm,
     build_networks,
+    freeze_for_inference,
     power_iterate,
     spectral_norm_modules,
 )
@@ -116,6 +117,32 @@ def test_spectral_norm_stays_fp32_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             inside = module.weight
         assert inside.dtype == torch.float32 and torch.equal(inside, eager)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "baseline"])
+def test_frozen_networks_compute_what_the_parametrized_ones_do(mode):
+    torch.manual_seed(0)
+    encoder, decoder = build_networks(ModelConfig(mode=mode, **TINY))
+    encoder.train()
+    power_iterate(encoder, 5)
+    encoder.eval(), decoder.eval()
+    z = torch.nn.functional.normalize(torch.randn(6, 16), dim=1)
+    with torch.no_grad():
+        images = decoder(z, 2, 0.5)
+        codes = encoder(images, 2, 0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            images_bf16 = decoder(z, 2, 0.5)
+        frozen_encoder = freeze_for_inference(encoder)
+        frozen = freeze_for_inference(decoder)
+        torch.testing.assert_close(frozen(z, 2, 0.5), images, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(frozen_encoder(images, 2, 0.5), codes, rtol=1e-5, atol=1e-6)
+        frozen_bf16 = freeze_for_inference(decoder, torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(frozen_bf16(z, 2, 0.5), images_bf16, rtol=0, atol=0)
+    for net in (frozen_encoder, frozen_bf16):
+        assert not any(parametrize.is_parametrized(m) for m in net.modules())
+        assert not net.training
+    assert {m.weight.dtype for m in convs(frozen_bf16)} == {torch.bfloat16}
 
 
 def test_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):

@@ -19,6 +19,7 @@ from pioneer import checkpoint, storage
 from pioneer.api import Pioneer
 from pioneer.data import to_uint8
 from pioneer.editing import VECTORS_FILE, AttributeVectors
+from pioneer.sampling import sample_latents
 from tests.conftest import FACES, free_port
 
 pytestmark = pytest.mark.slow
@@ -260,6 +261,29 @@ def test_the_health_check_fails_when_the_model_cannot_run(served_run):
             parameter.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="non-finite"):
         replica.check_health()
+
+
+def test_served_passes_stand_for_the_health_probe_until_one_fails(served_run, monkeypatch):
+    from serve.app import Decoder
+
+    replica = Decoder.func_or_class({"checkpoint": str(served_run)})
+    passes = []
+    real = replica.forward_pass
+    monkeypatch.setattr(replica, "forward_pass", lambda z: passes.append(len(z)) or real(z))
+    z = sample_latents(3, replica.model.latent_size, torch.Generator().manual_seed(0))
+    replica.check_health()
+    assert passes == [1]  # no traffic yet: the probe runs
+    images = replica.served_pass(z)
+    assert images.dtype == torch.uint8 and images.shape[0] == 3 and passes == [1, 3]
+    replica.check_health()
+    assert passes == [1, 3]  # a served pass just succeeded: no probe
+    with torch.no_grad():
+        for parameter in replica.model.decoder.parameters():
+            parameter.fill_(float("nan"))
+    replica.served_pass(z)  # non-finite output: no longer proof of health
+    with pytest.raises(RuntimeError, match="non-finite"):
+        replica.check_health()
+    assert passes == [1, 3, 3, 1]
 
 
 def test_overload_answers_503_at_once_instead_of_queueing(service, served_run):
