@@ -10,6 +10,7 @@ deployment, each batching concurrent requests into one forward pass (`serve.batc
 import asyncio
 import base64
 import math
+import os
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -39,6 +40,12 @@ from serve.options import ServeOptions
 PAGE = Path(__file__).with_name("page.html")
 MAX_FACES = 6  # faces (or latents) one interpolation passes through
 HEALTH_FRESH_S = 10.0  # a served pass with finite output this recent stands for a health probe
+# Model replicas: OpenMP threads that sleep at once when idle instead of spinning (GNU
+# OpenMP spins by default), read at process start, hence an actor env var. Where replicas,
+# ingress and proxy share cores, spinning threads of one forward pass steal them from the
+# other replica and the plumbing: measured at 32 clients on 2 cores, full width +18%
+# sample / +23% reconstruct throughput, small model +35% / +96%; 1 client unchanged.
+MODEL_ACTOR_OPTIONS = {"num_cpus": 1, "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
 
 
 class _Model(ABC):
@@ -117,13 +124,17 @@ class _Model(ABC):
         return {
             "batches": len(sizes),
             "forward_s": seconds,
+            "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "images": sum(sizes),
             "largest": max(sizes, default=0),
             "peak_ongoing": peak,
         }
 
 
-@serve.deployment(max_ongoing_requests=64, max_queued_requests=256)
+@serve.deployment(
+    max_ongoing_requests=64, max_queued_requests=256, ray_actor_options=MODEL_ACTOR_OPTIONS
+)
 class Encoder(_Model):
     """uint8 (k, 3, R, R) -> unit codes (k, D)."""
 
@@ -136,7 +147,9 @@ class Encoder(_Model):
         return self.model.encode(to_unit_range(x)).cpu()
 
 
-@serve.deployment(max_ongoing_requests=64, max_queued_requests=256)
+@serve.deployment(
+    max_ongoing_requests=64, max_queued_requests=256, ray_actor_options=MODEL_ACTOR_OPTIONS
+)
 class Decoder(_Model):
     """Codes (k, D) -> uint8 (k, 3, R, R), with the EMA decoder."""
 

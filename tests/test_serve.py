@@ -249,6 +249,7 @@ def test_concurrent_requests_share_a_forward_pass(service):
     assert codes == [200] * 32
     stats = decoder.stats.remote().result()
     assert stats["images"] == 32 and stats["batches"] < 32 and stats["largest"] > 1
+    assert stats["omp_wait_policy"] == "PASSIVE"  # MODEL_ACTOR_OPTIONS reached the replica
 
 
 def test_the_health_check_fails_when_the_model_cannot_run(served_run):

@@ -28,6 +28,11 @@ def test_the_config_file_is_a_valid_serve_config_with_valid_options():
     assert app["import_path"] == "serve.app:build"
     ServeOptions.from_args(app["args"])
     assert {d["name"] for d in app["deployments"]} == {"Service", "Encoder", "Decoder"}
+    from serve.app import MODEL_ACTOR_OPTIONS
+
+    for deployment in app["deployments"]:  # the file's actor options replace the code's
+        if deployment["name"] != "Service":
+            assert deployment["ray_actor_options"] == MODEL_ACTOR_OPTIONS
 
 
 def test_bad_service_options_fail_before_starting_ray(tmp_path):
