@@ -125,7 +125,8 @@ def test_frozen_networks_compute_what_the_parametrized_ones_do(mode):
     encoder, decoder = build_networks(ModelConfig(mode=mode, **TINY))
     encoder.train()
     power_iterate(encoder, 5)
-    encoder.eval(), decoder.eval()
+    encoder.eval()
+    decoder.eval()
     z = torch.nn.functional.normalize(torch.randn(6, 16), dim=1)
     with torch.no_grad():
         images = decoder(z, 2, 0.5)

@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 
+from serve.app import MODEL_ACTOR_OPTIONS
 from serve.options import ServeOptions
 from tests.conftest import free_port
 
@@ -28,8 +29,6 @@ def test_the_config_file_is_a_valid_serve_config_with_valid_options():
     assert app["import_path"] == "serve.app:build"
     ServeOptions.from_args(app["args"])
     assert {d["name"] for d in app["deployments"]} == {"Service", "Encoder", "Decoder"}
-    from serve.app import MODEL_ACTOR_OPTIONS
-
     for deployment in app["deployments"]:  # the file's actor options replace the code's
         if deployment["name"] != "Service":
             assert deployment["ray_actor_options"] == MODEL_ACTOR_OPTIONS
