@@ -5,9 +5,11 @@
 For each model (small: the default preset's widths at 32 px; full: the paper's 512
 channels up to 32 px; untrained weights, speed does not depend on them) the service runs
 twice, batched (serve.batch, max_batch_size 32) and with max_batch_size 1. Closed-loop
-clients (bench/http_load.py in its own process, one request after another on a
-keep-alive connection, one image each) load it for --seconds per
-point (--full-seconds for the full model); the decoder's mean batch is printed too.
+clients (bench/http_load.py in its own process, one request after another on a keep-alive
+connection, one image each) load it for --seconds per point (--full-seconds for the full
+model). Each point also prints the decoder's mean batch and its own forward speed inside
+the replica, and the CPU per request of each process (proxy, ingress, models, the rest of
+Ray, the client) read from /proc.
 Beside it, in this same run:
   - the raw in-process forward of the same batch (1 image and 32), no HTTP;
   - the HTTP round trip of /v1/info (no model);
